@@ -1,0 +1,234 @@
+"""The yw_ext detection model: a YOLO-World network built by Ultralytics' parser, driven by class embeddings.
+
+``YWDetectionModel`` is a ``DetectionModel`` (not a subclass of Ultralytics' ``WorldModel``, on purpose: upstream
+re-routes any ``WorldModel`` checkpoint to ``ultralytics.YOLOWorld`` and its exporter special-cases the class).
+Its forward routes the text embeddings exactly as ``WorldModel.predict`` does (C2fAttn and WorldDetect get the
+embeddings, ImagePoolingAttn rewrites them for the layers after it, the head gets the original ones), so a model
+with the same weights gives the same outputs. On top it carries a vocabulary: names, prompts (synonyms), the
+text-encoder identity, and a class score that is the max over each class's prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ultralytics.nn.modules import C2fAttn, ImagePoolingAttn, WorldDetect
+from ultralytics.nn.tasks import DetectionModel
+
+from yw_ext.nn.build import DEFAULT_EMBED_DIM, load_model_cfg
+from yw_ext.vocab import check_embeddings, names_dict, pad_prompts, parse_classes
+
+
+class YWDetectionModel(DetectionModel):
+    """YOLO-World detector consuming class embeddings ``(B, K, D)``.
+
+    Attributes:
+        txt_feats (torch.Tensor): Current vocabulary embeddings, ``(1, K * G, D)`` (G prompts per class).
+        prompts_per_class (int): G; class scores are the max over each class's G prompts.
+        class_prompts (list[list[str]] | None): The prompts of each class, when set from text.
+        text_encoder_id (str | None): Identity of the encoder that produced ``txt_feats`` (None: user embeddings).
+        embed_dim (int): Text-embedding width D.
+
+    Examples:
+        >>> m = YWDetectionModel("yw-v2-n.yaml", verbose=False).eval()
+        >>> m.set_classes(["person", "bus"], embeddings=torch.randn(2, 512))
+        >>> y = m(torch.zeros(1, 3, 64, 64))[0]
+        >>> tuple(y.shape)  # (B, 4 + K, anchors)
+        (1, 6, 84)
+    """
+
+    def __init__(self, cfg: str | dict = "yw-v2-s.yaml", ch: int = 3, nc: int | None = None, verbose: bool = True):
+        """Build the network from a yw_ext (or Ultralytics world) YAML or a prepared model dict.
+
+        Args:
+            cfg: YAML name / path or model dict (see ``yw_ext.nn.build.load_model_cfg``).
+            ch: Input channels.
+            nc: Number of classes to build the head with (default: the YAML's, 80). Build with 80 and change the
+                vocabulary with ``set_classes``: the head's hidden width follows ``min(nc, 100)`` as officially.
+            verbose: Print the model summary.
+        """
+        d = load_model_cfg(cfg)
+        self.embed_dim = int(d.get("embed_dim", DEFAULT_EMBED_DIM))
+        n = nc or d.get("nc", 80)
+        # Placeholder vocabulary set before building: the stride probe in DetectionModel runs a forward pass.
+        self.txt_feats = torch.randn(1, n, self.embed_dim)
+        self.prompts_per_class = 1
+        self.class_prompts = None
+        self.text_encoder_id = None
+        self.clip_model = None  # Ultralytics' trainers and exporter look for this attribute
+        super().__init__(cfg=d, ch=ch, nc=nc, verbose=verbose)
+
+    # ------------------------------------------------------------------ forward
+    def predict(
+        self,
+        x: torch.Tensor,
+        profile: bool = False,
+        augment: bool = False,
+        embed: list | None = None,
+        txt_feats: torch.Tensor | None = None,
+        visualize: bool = False,
+    ):
+        """Run the network with class embeddings.
+
+        Args:
+            x: Images ``(B, 3, H, W)``.
+            profile: Profile each layer's time.
+            visualize: Unused (Ultralytics 8.4 dropped feature visualization), kept for API compatibility.
+            augment: Unused (no TTA for open-vocabulary models), kept for API compatibility.
+            embed: Layer indices whose pooled features to return instead of detections.
+            txt_feats: Embeddings ``(1 or B, P, D)`` to use instead of the stored vocabulary; no synonym max is
+                applied to them (P outputs).
+
+        Returns:
+            As Ultralytics' Detect head: training dict, or ``(y, preds)`` in eval, or ``y`` in export mode, where
+            ``y`` is ``(B, 4 + K, A)``.
+        """
+        own = txt_feats is None
+        tf = (self.txt_feats if own else txt_feats).to(device=x.device, dtype=x.dtype)
+        if tf.dim() == 2:
+            tf = tf[None]  # (1, P, D)
+        head = self.model[-1]
+        if tf.shape[0] != x.shape[0] or getattr(head, "export", False):
+            tf = tf.expand(x.shape[0], -1, -1)  # (B, P, D)
+        if isinstance(head, WorldDetect) and head.nc != tf.shape[1]:
+            head.nc = tf.shape[1]  # the head splits its output by nc
+        ori_tf = tf  # the head always gets the original embeddings (v1's enhanced text feeds only the neck)
+        y, dt, embeddings = [], [], []
+        embed = frozenset(embed) if embed else {-1}
+        max_idx = max(embed)
+        for m in self.model:
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            if profile:
+                self._profile_one_layer(m, x, dt)
+            if isinstance(m, C2fAttn):
+                x = m(x, tf)
+            elif isinstance(m, WorldDetect):
+                x = m(x, ori_tf)
+            elif isinstance(m, ImagePoolingAttn):
+                tf = m(x, tf)
+            else:
+                x = m(x)
+            y.append(x if m.i in self.save else None)
+            if m.i in embed:
+                embeddings.append(torch.nn.functional.adaptive_avg_pool2d(x, (1, 1)).squeeze(-1).squeeze(-1))
+                if m.i == max_idx:
+                    return torch.unbind(torch.cat(embeddings, 1), dim=0)
+        if own and self.prompts_per_class > 1:
+            x = self._max_over_prompts(x)
+        return x
+
+    def _max_over_prompts(self, out: Any) -> Any:
+        """Reduce head outputs over each class's G prompts (class-major layout) to K class scores."""
+        g = self.prompts_per_class
+
+        def reduce_scores(s: torch.Tensor) -> torch.Tensor:
+            b, p, a = s.shape  # (B, K * G, A)
+            return s.view(b, p // g, g, a).amax(2)  # (B, K, A)
+
+        def reduce_y(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat((t[:, :4], reduce_scores(t[:, 4:])), 1)  # (B, 4 + K, A)
+
+        if isinstance(out, dict):  # training: raw scores only
+            return {**out, "scores": reduce_scores(out["scores"])}
+        if isinstance(out, tuple):
+            y, preds = out
+            return reduce_y(y), {**preds, "scores": reduce_scores(preds["scores"])}
+        return reduce_y(out)
+
+    def loss(self, batch: dict, preds: Any = None):
+        """Detection loss with the batch's own text embeddings (``batch["txt_feats"]``, ``(B, K, D)``)."""
+        if getattr(self, "criterion", None) is None:
+            self.criterion = self.init_criterion()
+        if preds is None:
+            preds = self.forward(batch["img"], txt_feats=batch["txt_feats"])
+        return self.criterion(preds, batch)
+
+    # --------------------------------------------------------------- vocabulary
+    @property
+    def num_classes(self) -> int:
+        """K, the number of classes of the current vocabulary."""
+        return self.txt_feats.shape[1] // self.prompts_per_class
+
+    def set_vocabulary(
+        self,
+        names: list[str],
+        embeddings: torch.Tensor,
+        prompts_per_class: int = 1,
+        class_prompts: list[list[str]] | None = None,
+        encoder_id: str | None = None,
+    ) -> None:
+        """Install checked embeddings ``(K * G, D)`` as the vocabulary (low level; use ``set_classes``).
+
+        Examples:
+            >>> m = YWDetectionModel("yw-v2-n.yaml", verbose=False)
+            >>> m.set_vocabulary(["a", "b"], torch.randn(2, 512))
+            >>> m.names
+            {0: 'a', 1: 'b'}
+        """
+        k = len(names)
+        if embeddings.dim() != 2 or embeddings.shape[0] != k * prompts_per_class:
+            raise ValueError(f"expected ({k * prompts_per_class}, D) embeddings, got {tuple(embeddings.shape)}.")
+        if embeddings.shape[1] != self.embed_dim:
+            raise ValueError(f"embedding width {embeddings.shape[1]} != model's {self.embed_dim}.")
+        self.txt_feats = embeddings.detach().float()[None]  # (1, K * G, D)
+        self.prompts_per_class = int(prompts_per_class)
+        self.class_prompts = class_prompts
+        self.text_encoder_id = encoder_id
+        self.names = names_dict(names)
+        head = self.model[-1]
+        if isinstance(head, WorldDetect):
+            head.nc = k * prompts_per_class
+
+    def set_classes(
+        self,
+        classes: Any,
+        embeddings: Any = None,
+        encoder: Any = None,
+        batch: int = 256,
+        cache: Any = None,
+    ) -> None:
+        """Set the vocabulary from class names (CLIP text prompts) or precomputed embeddings.
+
+        Args:
+            classes: Class names; an item may be a list of synonyms (first = display name), see ``parse_classes``.
+            embeddings: Optional ``(K, D)`` / ``(K, G, D)`` tensor, ndarray or ``.npy`` path used instead of text.
+            encoder: A ``CLIPTextEncoder`` or a CLIP source (path); default ``yw_ext.text.load_clip()``.
+            batch: Text-encoding batch size.
+            cache: ``EmbeddingCache`` to use, ``False`` to disable (default: the on-disk cache).
+
+        Examples:
+            >>> m = YWDetectionModel("yw-v2-n.yaml", verbose=False)
+            >>> m.set_classes([["car", "automobile"], "bus"], embeddings=torch.randn(2, 2, 512))
+            >>> m.prompts_per_class, m.names
+            (2, {0: 'car', 1: 'bus'})
+        """
+        names, prompts = parse_classes(classes)
+        if embeddings is not None:
+            if any(len(p) > 1 for p in prompts):
+                raise ValueError("give synonyms either as text prompts or as (K, G, D) embeddings, not both.")
+            emb, g = check_embeddings(embeddings, len(names), self.embed_dim)
+            self.set_vocabulary(names, emb, g, None, None)
+            return
+        flat, g = pad_prompts(prompts)
+        emb, encoder_id = self.encode_text(flat, encoder=encoder, batch=batch, cache=cache)
+        self.set_vocabulary(names, emb, g, prompts, encoder_id)
+
+    def encode_text(self, texts: list[str], encoder: Any = None, batch: int = 256, cache: Any = None):
+        """Encode prompts with the CLIP text encoder (cached on disk); returns ``((N, D) tensor, encoder id)``."""
+        from yw_ext.text import encode_texts, load_clip
+
+        enc = encoder if hasattr(encoder, "encode") else load_clip(encoder)
+        if enc.dim != self.embed_dim:
+            raise ValueError(
+                f"text encoder gives {enc.dim}-d embeddings but this model expects {self.embed_dim}-d "
+                "(use the CLIP the model was trained with: ViT-B/32 for 512, ViT-L/14 for 768)."
+            )
+        emb = encode_texts(enc, texts, cache=cache, batch=batch)
+        return emb.float().cpu(), enc.identity
+
+    def get_text_pe(self, text: list[str], batch: int = 80, cache_clip_model: bool = False) -> torch.Tensor:
+        """Ultralytics ``WorldModel`` API: text embeddings ``(1, N, D)`` from yw_ext's encoder."""
+        emb, _ = self.encode_text(list(text), batch=batch)
+        return emb[None]  # (1, N, D)
