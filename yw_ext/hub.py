@@ -682,9 +682,10 @@ def get_weights(name: str | Path, *, url: str | None = None, progress: bool = Tr
 
     Examples:
         >>> from yw_ext.hub import get_weights
-        >>> path = get_weights("l")  # doctest: +SKIP (yolov8l-worldv2.pt, official v2 L weights)
-        >>> path = get_weights("v2.1-l")  # doctest: +SKIP (official v2.1 L stage-2 checkpoint)
-        >>> path = get_weights("my_ckpt-1a2b3c4d.pth", url="https://example.com/my_ckpt-1a2b3c4d.pth")  # doctest: +SKIP
+        >>> path = get_weights("l")  # yolov8l-worldv2.pt, official v2 L weights  # doctest: +SKIP
+        >>> path = get_weights("v2.1-l")  # official v2.1 L stage-2 checkpoint  # doctest: +SKIP
+        >>> url = "https://example.com/my_ckpt-1a2b3c4d.pth"  # verified against the 1a2b3c4d SHA-256 prefix
+        >>> path = get_weights("my_ckpt-1a2b3c4d.pth", url=url)  # doctest: +SKIP
     """
     if isinstance(name, Path) or (isinstance(name, str) and name.strip()):
         candidate = Path(str(name).strip()).expanduser()

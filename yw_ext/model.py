@@ -48,7 +48,7 @@ def resolve_source(model: str | Path) -> str:
         return s
     from yw_ext import hub
 
-    spec = hub.resolve_alias(s) if not suffix else None
+    spec = hub.resolve_alias(s)
     file_name = spec.name if spec else s
     if Path(file_name).suffix.lower() == ".pth":
         raise official_not_supported(file_name)
