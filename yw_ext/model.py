@@ -146,6 +146,21 @@ class YOLOWorld(Model):
         self.predictor = None  # the next predict builds a predictor with the new names
         return self
 
+    def reparameterize(self) -> YOLOWorld:
+        """Fold the current vocabulary exactly into the neck and head weights (RepVL-PAN), in place.
+
+        After folding the model has no text path: it ignores embeddings and ``set_classes`` raises.
+
+        Examples:
+            >>> model = YOLOWorld("yw-v2-n.yaml")
+            >>> model.set_classes(["person", "bus"], embeddings=torch.randn(2, 512))
+            >>> model.reparameterize()  # doctest: +SKIP
+        """
+        self._check_is_pytorch_model()
+        self.model.reparameterize()
+        self.predictor = None
+        return self
+
     @property
     def vocabulary(self) -> list[str]:
         """The current class names."""

@@ -57,6 +57,7 @@ class YWDetectionModel(DetectionModel):
         self.class_prompts = None
         self.text_encoder_id = None
         self.clip_model = None  # Ultralytics' trainers and exporter look for this attribute
+        self.folded = False  # True once the vocabulary is folded into the weights (yw_ext.nn.rep)
         super().__init__(cfg=d, ch=ch, nc=nc, verbose=verbose)
 
     # ------------------------------------------------------------------ forward
@@ -167,6 +168,12 @@ class YWDetectionModel(DetectionModel):
             >>> m.names
             {0: 'a', 1: 'b'}
         """
+        if getattr(self, "folded", False):
+            raise RuntimeError(
+                f"this model is re-parameterised: its vocabulary {list(self.names.values())[:5]}... is folded into "
+                "its weights, so classes cannot be changed. Reload the original (unfolded) checkpoint, or keep a "
+                "copy made before reparameterize(), to use another vocabulary."
+            )
         k = len(names)
         if embeddings.dim() != 2 or embeddings.shape[0] != k * prompts_per_class:
             raise ValueError(f"expected ({k * prompts_per_class}, D) embeddings, got {tuple(embeddings.shape)}.")
@@ -227,6 +234,13 @@ class YWDetectionModel(DetectionModel):
             )
         emb = encode_texts(enc, texts, cache=cache, batch=batch)
         return emb.float().cpu(), enc.identity
+
+    def reparameterize(self) -> YWDetectionModel:
+        """Fold the current vocabulary into the neck and head weights, in place (see ``yw_ext.nn.rep``)."""
+        from yw_ext.nn.rep import reparameterize
+
+        reparameterize(self)
+        return self
 
     def get_text_pe(self, text: list[str], batch: int = 80, cache_clip_model: bool = False) -> torch.Tensor:
         """Ultralytics ``WorldModel`` API: text embeddings ``(1, N, D)`` from yw_ext's encoder."""
