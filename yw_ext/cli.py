@@ -9,6 +9,16 @@ Examples:
 ``classes`` is a comma-separated vocabulary; ``|`` separates synonyms of one class (first = name). ``clip`` picks
 the CLIP weights (OpenAI ``.pt`` file or Hugging Face folder; default ``$YW_CLIP``), ``embeddings`` a ``.npy``
 of class embeddings. Every other ``key=value`` goes to Ultralytics unchanged (and is checked by it).
+
+Image prompts (predict only): ``prompt_images="dog:dog1.jpg;cat:scene.jpg@10,20,200,220;dog:dog2.jpg"``. Entries
+are separated by ``;``, each is ``class:image_path`` with an optional ``@x1,y1,x2,y2`` pixel box (xyxy of the
+original image) to crop; repeating a class adds exemplars (averaged). The class name ends at the first ``:`` (so
+class names cannot contain ``:``). Without ``classes=`` the classes are the image-prompt classes, image only (or
+fused with their names' text when ``alpha=`` is given); with ``classes=`` the listed classes use text, and those
+with images get ``n(alpha * text + (1 - alpha) * image)`` (``alpha`` default 0.5). ``margin=`` (default 0) grows
+each box by that fraction of its size before cropping. Example:
+
+    yw predict model=l source=street.jpg prompt_images="bus:bus.jpg@17,231,802,768" conf=0.1
 """
 
 from __future__ import annotations
@@ -19,7 +29,6 @@ from typing import Any
 MODES = ("predict", "train", "val", "export")
 LATER = {  # modes whose features land with their own issues
     "embed": "writing prompt embeddings (prompt tuning)",
-    "convert": "converting official .pth checkpoints",
     "bench": "benchmarks (run `python benchmarks/<script>.py` meanwhile)",
     "demo": "the web demo",
 }
@@ -46,7 +55,8 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         k = k.strip().replace("-", "_")
         if not k:
             raise SystemExit(f"yw: argument '{tok}' has an empty key.")
-        out[k] = v if k in {"classes", "model", "source", "data", "clip", "embeddings"} else smart_value(v)
+        raw = {"classes", "model", "source", "data", "clip", "embeddings", "prompt_images", "names", "src", "out"}  # kept as strings
+        out[k] = v if k in raw else smart_value(v)
     return out
 
 
@@ -64,6 +74,43 @@ def parse_classes_arg(text: str) -> list[Any]:
     return items
 
 
+def parse_prompt_images(text: str) -> dict[str, list[Any]]:
+    """``"dog:a.jpg;cat:b.jpg@10,20,200,220;dog:c.jpg"`` -> ``{"dog": ["a.jpg", "c.jpg"], "cat": [("b.jpg", box)]}``.
+
+    Raises:
+        ValueError: an entry without ``class:path``, or a box that is not 4 numbers.
+
+    Examples:
+        >>> parse_prompt_images("dog:a.jpg; cat:b.jpg@10,20,200,220")
+        {'dog': ['a.jpg'], 'cat': [('b.jpg', [10.0, 20.0, 200.0, 220.0])]}
+    """
+    import re
+
+    out: dict[str, list[Any]] = {}
+    for entry in str(text).split(";"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, sep, path = entry.partition(":")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise ValueError(f"prompt_images entry {entry!r} is not 'class:image_path[@x1,y1,x2,y2]'.")
+        head, at, tail = path.rpartition("@")
+        if at and re.fullmatch(r"[\d.,\s+eE-]+", tail):
+            try:
+                box = [float(v) for v in tail.split(",")]
+            except ValueError:
+                box = []
+            if len(box) != 4:
+                raise ValueError(f"prompt_images entry {entry!r}: the box after '@' must be 4 numbers x1,y1,x2,y2.")
+            out.setdefault(name, []).append((head.strip(), box))
+        else:
+            out.setdefault(name, []).append(path)
+    if not out:
+        raise ValueError("prompt_images is empty; e.g. prompt_images=\"dog:dog1.jpg;cat:scene.jpg@10,20,200,220\".")
+    return out
+
+
 def run(argv: list[str]) -> Any:
     """Run one ``yw`` command; returns what the mode returns (results, metrics, export path)."""
     if not argv or argv[0] in {"help", "-h", "--help"}:
@@ -77,14 +124,38 @@ def run(argv: list[str]) -> Any:
         return yw_ext.__version__
     if mode in LATER:
         raise SystemExit(f"yw {mode}: {LATER[mode]} is not available in this version of yw_ext yet.")
+    if mode == "convert":  # yw convert src.pth [out.pt] [names=...]: positional paths or key=value
+        from yw_ext.convert import convert_cli
+
+        pos = [a for a in rest if "=" not in a]
+        if len(pos) > 2:
+            raise SystemExit(f"yw convert: expected 'src.pth [out.pt]' and key=value options, got {pos}.")
+        cargs = parse_args([a for a in rest if "=" in a])
+        cargs.update(dict(zip(("src", "out"), pos)))
+        out = convert_cli(cargs)
+        print(f"yw convert: wrote {out}")
+        return out
     if mode not in MODES:
         raise SystemExit(f"yw: unknown mode '{mode}'. Modes: {', '.join(MODES)}. See 'yw help'.")
     args = parse_args(rest)
     from yw_ext import YOLOWorld
 
+    images, alpha, margin = args.pop("prompt_images", None), args.pop("alpha", None), args.pop("margin", None)
+    if images is not None:  # checked before the (possibly slow) model load
+        if mode != "predict":
+            raise SystemExit(f"yw {mode}: prompt_images=... is available in predict mode only.")
+        images = parse_prompt_images(images)
+    elif alpha is not None or margin is not None:
+        raise SystemExit("yw: alpha=... and margin=... apply to image prompts: add prompt_images=...")
     model = YOLOWorld(args.pop("model", "l"))
     classes, clip, emb = args.pop("classes", None), args.pop("clip", None), args.pop("embeddings", None)
-    if classes is not None or emb is not None:
+    if images is not None:
+        if emb is not None:
+            raise SystemExit("yw: give either embeddings=... or prompt_images=..., not both.")
+        names = parse_classes_arg(classes) if classes is not None else list(images)
+        model.set_classes(names, images=images, alpha=alpha, margin=margin or 0.0,
+                          use_text=classes is not None or alpha is not None, encoder=clip)
+    elif classes is not None or emb is not None:
         if classes is None:
             raise SystemExit("yw: embeddings=... needs classes=... (one name per row).")
         model.set_classes(parse_classes_arg(classes), embeddings=emb, encoder=clip)

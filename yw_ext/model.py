@@ -27,31 +27,27 @@ def resolve_source(model: str | Path) -> str:
     (yw_ext's ``yw-v2-l.yaml``-style names or Ultralytics' world YAMLs), a ``.pt`` path or known file name, or an
     exported model (``.onnx``, ``.engine``...).
 
+    An official MMYOLO ``.pth`` (a local path, or a known official file name / alias fetched by the hub) is returned
+    as is: ``YOLOWorld._load`` converts it (``yw_ext.convert.load_official``).
+
     Raises:
-        yw_ext.convert.CheckpointError: official ``.pth`` (not convertible yet).
         yw_ext.hub.WeightsNotFoundError: a known file that is not local and cannot be downloaded.
 
     Examples:
         >>> resolve_source("yw-v2-s.yaml")  # doctest: +ELLIPSIS
         'yw-v2-s.yaml'
     """
-    from yw_ext.convert import official_not_supported
-
     s = str(model).strip()
     p = Path(s)
     suffix = p.suffix.lower()
     if suffix in {".yaml", ".yml"}:
         return s
-    if suffix == ".pth":
-        raise official_not_supported(s)
     if p.is_file():
         return s
     from yw_ext import hub
 
     spec = hub.resolve_alias(s)
     file_name = spec.name if spec else s
-    if Path(file_name).suffix.lower() == ".pth":
-        raise official_not_supported(file_name)
     return str(hub.get_weights(file_name))
 
 
@@ -104,11 +100,15 @@ class YOLOWorld(Model):
         self.model_name = cfg
 
     def _load(self, weights: str, task: str | None = None) -> None:
-        """Load a ``.pt`` (yw_ext or Ultralytics world) as a yw_ext model; exported formats go to Ultralytics."""
-        from yw_ext.convert import load_pt
+        """Load a ``.pt`` (yw_ext or Ultralytics world) or an official ``.pth`` (converted) as a yw_ext model.
 
-        if Path(weights).suffix.lower() == ".pt":
-            self.model, self.ckpt = load_pt(weights)
+        Exported formats go to Ultralytics.
+        """
+        from yw_ext.convert import load_official, load_pt
+
+        suffix = Path(weights).suffix.lower()
+        if suffix in {".pt", ".pth"}:
+            self.model, self.ckpt = (load_pt if suffix == ".pt" else load_official)(weights)
             self.task = "detect"
             self.overrides = self.model.args = self._reset_ckpt_args(getattr(self.model, "args", {}) or {})
             self.ckpt_path = getattr(self.model, "pt_path", weights)
@@ -120,12 +120,38 @@ class YOLOWorld(Model):
         self.model_name = weights
 
     # ---------------------------------------------------------------- vocabulary
-    def set_classes(self, classes: Any, embeddings: Any = None, **kwargs: Any) -> YOLOWorld:
-        """Set the vocabulary: text prompts (CLIP, cached on disk) or precomputed embeddings.
+    def set_classes(
+        self,
+        classes: Any,
+        embeddings: Any = None,
+        images: dict | None = None,
+        alpha: float | None = None,
+        margin: float = 0.0,
+        use_text: bool = True,
+        **kwargs: Any,
+    ) -> YOLOWorld:
+        """Set the vocabulary: text prompts (CLIP, cached on disk), image prompts, or precomputed embeddings.
+
+        Image prompts use the image tower of the same local CLIP as the text (``$YW_CLIP`` or ``encoder=``: an OpenAI
+        ``ViT-B-32.pt`` or a full Hugging Face CLIP folder). With ``n(x) = x / ||x||``:
+
+        - a class's exemplars give ``v = n(mean_j n(CLIP_image(x_j)))`` (CLIP's preprocessing: shortest side to 224
+          bicubic, center crop 224, CLIP mean/std);
+        - with text (``use_text=True``, default) a class with images gets ``n(alpha * t + (1 - alpha) * v)``, ``t``
+          its normalised CLIP text embedding (each synonym fused separately), default ``alpha = 0.5``;
+          ``alpha=1``: text only, ``alpha=0``: image only;
+        - ``use_text=False``: image-only vocabulary, every class needs images.
+
+        ``model.model.class_sources`` then lists ``"text"`` / ``"image"`` / ``"text+image"`` per class.
 
         Args:
             classes: Class names; a class may be a list of synonyms whose first item is its name.
             embeddings: Optional ``(K, D)`` / ``(K, G, D)`` tensor, ndarray or ``.npy`` path.
+            images: ``{class_name: exemplar or [exemplars]}``: image paths, BGR uint8 ndarrays (as ``cv2.imread``),
+                PIL images, or ``(image, [x1, y1, x2, y2])`` to crop a pixel box from a reference scene.
+            alpha: Text weight in ``[0, 1]`` for classes with text and images (default 0.5).
+            margin: Context around boxes as a fraction of the box width / height (default 0), clipped to the image.
+            use_text: Use the class names as text prompts (default); False for image-only classes.
             **kwargs: ``encoder`` (CLIP source or encoder), ``batch``, ``cache`` (see ``YWDetectionModel.set_classes``).
 
         Returns:
@@ -133,23 +159,122 @@ class YOLOWorld(Model):
 
         Raises:
             ValueError / TypeError: empty or duplicate names, non-string names, wrong embedding width, NaN/inf,
-                too many prompts.
+                too many prompts; ``images`` keys not in ``classes``; a class with neither text nor images; boxes
+                outside the image or without area; unreadable images; a text-only CLIP with images.
+            FileNotFoundError: a missing exemplar image or CLIP weights.
 
         Examples:
             >>> model = YOLOWorld("yw-v2-n.yaml")
             >>> model.set_classes(["person", ["car", "automobile"]], embeddings=None)  # doctest: +SKIP
+            >>> images = {"dog": ["dog1.jpg", ("scene.jpg", [10, 20, 200, 220])]}
+            >>> model.set_classes(["dog"], images=images)  # doctest: +SKIP
+            >>> model.set_classes(["dog"], images={"dog": "dog1.jpg"}, use_text=False)  # doctest: +SKIP
         """
         self._check_is_pytorch_model()
         if not isinstance(self.model, torch.nn.Module):
             raise TypeError("set_classes needs a PyTorch model; load the .pt file first.")
+        if images is not None or not use_text:
+            kwargs.update(images=images, alpha=alpha, margin=margin, use_text=use_text)
+        elif alpha is not None or margin:
+            raise ValueError("alpha= and margin= apply to image prompts: pass images={...} too.")
         self.model.set_classes(classes, embeddings=embeddings, **kwargs)
         self.predictor = None  # the next predict builds a predictor with the new names
         return self
 
-    def reparameterize(self) -> YOLOWorld:
+    _VOCAB_ATTRS = (
+        "txt_feats", "prompts_per_class", "class_prompts", "text_encoder_id", "names", "vocab_set", "class_sources",
+        "image_encoder_id",
+    )
+
+    def _save_vocabulary(self) -> dict:
+        """Snapshot of the model's vocabulary (and the predictor built for it), for ``_restore_vocabulary``."""
+        m = self.model
+        state = {k: getattr(m, k) for k in self._VOCAB_ATTRS if hasattr(m, k)}
+        state["names"] = dict(m.names)
+        state["_head_nc"] = getattr(m.model[-1], "nc", None)
+        state["_predictor"] = self.predictor
+        return state
+
+    def _restore_vocabulary(self, state: dict) -> None:
+        """Put back a vocabulary saved by ``_save_vocabulary``."""
+        m = self.model
+        for k in self._VOCAB_ATTRS:
+            if k in state:
+                setattr(m, k, state[k])
+        if state["_head_nc"] is not None:
+            m.model[-1].nc = state["_head_nc"]
+        self.predictor = state["_predictor"]
+
+    def predict(
+        self,
+        source: Any = None,
+        stream: bool = False,
+        predictor: Any = None,
+        image_prompts: dict | None = None,
+        alpha: float | None = None,
+        margin: float = 0.0,
+        **kwargs: Any,
+    ):
+        """Ultralytics ``predict``, optionally with image prompts for this call only (detect by example).
+
+        ``image_prompts={"dog": ["dog1.jpg", ("scene.jpg", [x1, y1, x2, y2])]}`` sets the classes to the dict's keys
+        from those exemplars (as ``set_classes(list(image_prompts), images=image_prompts, use_text=False)``), or,
+        when ``alpha`` is given, fuses each with its name's text (``use_text=True``, ``n(alpha*t + (1-alpha)*v)``).
+        The previous vocabulary (names, embeddings, class sources) and predictor are restored afterwards, also on
+        error; with ``stream=True`` when the generator is exhausted or closed.
+
+        Args:
+            source: Ultralytics source (path, folder, array, ...).
+            stream: Return a generator of Results.
+            predictor: Predictor class (Ultralytics argument).
+            image_prompts: ``{class_name: exemplar or [exemplars]}`` (see ``set_classes``).
+            alpha: Text weight; None (default) = image-only classes.
+            margin: Context around exemplar boxes (fraction of box size).
+            **kwargs: Ultralytics predict arguments (``conf``, ``imgsz``, ...), and ``encoder`` (CLIP source).
+
+        Returns:
+            (list[ultralytics.engine.results.Results]): as Ultralytics, named by the image-prompt classes.
+
+        Examples:
+            >>> model = YOLOWorld("l")  # doctest: +SKIP
+            >>> prompts = {"bus": [("bus.jpg", [17, 231, 802, 768])]}  # exemplar: a box of another image
+            >>> r = model.predict("street.jpg", image_prompts=prompts)  # doctest: +SKIP
+            >>> r[0].names  # doctest: +SKIP
+            {0: 'bus'}
+        """
+        if image_prompts is None:
+            if alpha is not None or margin:
+                raise ValueError("alpha= and margin= apply to image_prompts=...: pass image_prompts={...} too.")
+            return super().predict(source, stream=stream, predictor=predictor, **kwargs)
+        if not isinstance(image_prompts, dict) or not image_prompts:
+            raise ValueError("image_prompts must be a non-empty dict {class_name: exemplar or [exemplars]}.")
+        encoder = kwargs.pop("encoder", None)
+        self._check_is_pytorch_model()
+        saved = self._save_vocabulary()
+        try:
+            self.set_classes(list(image_prompts), images=image_prompts, alpha=alpha, margin=margin,
+                             use_text=alpha is not None, encoder=encoder)
+            results = super().predict(source, stream=stream, predictor=predictor, **kwargs)
+        except BaseException:
+            self._restore_vocabulary(saved)
+            raise
+        if not stream:
+            self._restore_vocabulary(saved)
+            return results
+
+        def restoring():
+            try:
+                yield from results
+            finally:
+                self._restore_vocabulary(saved)
+
+        return restoring()
+
+    def reparameterize(self, partial_v1: bool = False) -> YOLOWorld:
         """Fold the current vocabulary exactly into the neck and head weights (RepVL-PAN), in place.
 
-        After folding the model has no text path: it ignores embeddings and ``set_classes`` raises.
+        After folding the model has no text path: it ignores embeddings and ``set_classes`` raises. YOLO-World v1
+        models raise unless ``partial_v1=True`` (see ``yw_ext.nn.rep.reparameterize``).
 
         Examples:
             >>> model = YOLOWorld("yw-v2-n.yaml")
@@ -157,7 +282,7 @@ class YOLOWorld(Model):
             >>> model.reparameterize()  # doctest: +SKIP
         """
         self._check_is_pytorch_model()
-        self.model.reparameterize()
+        self.model.reparameterize(partial_v1=partial_v1)
         self.predictor = None
         return self
 
@@ -165,6 +290,67 @@ class YOLOWorld(Model):
     def vocabulary(self) -> list[str]:
         """The current class names."""
         return list(self.model.names.values())
+
+    # ---------------------------------------------------------------- training / validation
+    def train(self, trainer: Any = None, mode: str | None = None, grounding_data: Any = None, **kwargs: Any):
+        """Train with Ultralytics' trainer machinery (same arguments: ``data``, ``epochs``, ``imgsz``, ``freeze``...).
+
+        Args:
+            trainer: A trainer class to use instead of the one ``mode`` picks.
+            mode: Training mode from ``yw_ext.engine.modes`` (default ``"finetune"``: all weights train).
+            grounding_data: Grounding datasets (mdetr JSON, e.g. Flickr30k / GQA) trained together with ``data`` to
+                keep zero-shot ability: ``{"img_path": ..., "json_file": ...}`` or a list of them.
+            **kwargs: Ultralytics training arguments. ``data`` may name a ``text_json`` class-text file in its YAML.
+
+        Returns:
+            Validation metrics of best.pt (``DetMetrics``); the model is then best.pt, with the dataset vocabulary.
+
+        Raises:
+            ValueError: unknown ``mode`` (the message lists the modes); class-text JSON of the wrong length; bad
+                grounding JSON. ``NotImplementedError`` for a registered mode that is not available yet.
+            FileNotFoundError: dataset images missing and not downloadable (offline), missing grounding files.
+
+        Examples:
+            >>> model = YOLOWorld("yw-v2-n.yaml")
+            >>> model.train(data="coco128.yaml", epochs=1, imgsz=320)  # doctest: +SKIP
+            >>> model.train(data="coco128.yaml", grounding_data=[{"img_path": "flickr/images",
+            ...             "json_file": "flickr/final_flickr_separateGT_train.json"}], freeze=10)  # doctest: +SKIP
+        """
+        from yw_ext.engine.grounding import mixed_data
+        from yw_ext.engine.modes import get_trainer
+
+        if trainer is not None and mode is not None:
+            raise ValueError("give either trainer=... or mode=..., not both.")
+        trainer = trainer or get_trainer(mode)
+        if grounding_data is not None:
+            kwargs["data"] = mixed_data(kwargs.get("data") or self.overrides.get("data"), grounding_data)
+        had_ckpt = self.ckpt
+        if not self.ckpt and isinstance(self.model, torch.nn.Module):
+            # A model built from a YAML here (scale / embed_dim resolved by yw_ext): make Model.train hand it to the
+            # trainer (get_model(cfg=model.yaml, weights=model)) instead of rebuilding from the bare YAML name.
+            self.ckpt = {"yw_ext": "model built from YAML"}
+        try:
+            return super().train(trainer=trainer, **kwargs)
+        finally:
+            if self.ckpt == {"yw_ext": "model built from YAML"}:
+                self.ckpt = had_ckpt
+
+    def val(self, validator: Any = None, **kwargs: Any):
+        """Validate on a dataset (mAP50-95, mAP50, per class) with its classes, prompts and ``text_json`` synonyms.
+
+        The model's own vocabulary is restored afterwards. A mixed ``data`` dict validates on its ``val`` dataset.
+
+        Examples:
+            >>> metrics = YOLOWorld("best.pt").val(data="coco128.yaml")  # doctest: +SKIP
+            >>> metrics.box.map50  # doctest: +SKIP
+        """
+        from yw_ext.engine.grounding import is_mixed, val_data
+
+        if kwargs.get("data") is not None:
+            kwargs["data"] = val_data(kwargs["data"])
+        elif is_mixed(self.overrides.get("data")):  # trained on detection + grounding data: validate on its val set
+            kwargs["data"] = val_data(self.overrides["data"])
+        return super().val(validator=validator, **kwargs)
 
     def save(self, filename: str | Path = "saved_model.pt") -> None:
         """Save like Ultralytics' ``Model.save``, atomically (temporary file in the same folder, then rename).

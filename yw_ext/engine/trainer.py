@@ -1,26 +1,113 @@
-"""Trainer for yw_ext models: Ultralytics' YOLO-World fine-tuning with yw_ext's model and text encoder."""
+"""Fine-tuning trainer for yw_ext models: Ultralytics' YOLO-World trainers with yw_ext's model, texts and checks.
+
+``YWTrainer`` is Ultralytics' ``WorldTrainerFromScratch`` (itself a ``WorldTrainer``) with:
+
+- ``get_model`` building a ``YWDetectionModel`` (upstream hard-codes ``WorldModel``);
+- text embeddings from yw_ext's CLIP encoder (``$YW_CLIP``) and its on-disk cache (upstream hard-codes
+  ``clip:ViT-B/32`` and a ``text_embeddings_clip_ViT-B_32.pt`` file next to the images), gathered per batch by
+  index instead of one tensor per text;
+- class texts: a dataset YAML's ``text_json`` (official ``[["person", "human"], ...]`` format) or ``/``-separated
+  names; training samples one prompt per class per image plus negatives, validation uses all prompts (max);
+- the EMA model (which is validated and saved as best.pt / last.pt) gets the dataset vocabulary, names plus
+  embeddings plus prompts, so ``yw_ext.YOLOWorld("best.pt")`` reloads with its classes;
+- detection data alone (``data="coco128.yaml"``) or mixed with grounding data (``data={"train": {"yolo_data": [...],
+  "grounding_data": [...]}, "val": {"yolo_data": [...]}}``, which ``YOLOWorld.train(grounding_data=...)`` builds);
+- clear errors before training for unavailable datasets, class-text JSONs of the wrong length and bad grounding JSON.
+
+Examples:
+    >>> from yw_ext import YOLOWorld
+    >>> model = YOLOWorld("yw-v2-n.yaml")
+    >>> model.train(data="coco128.yaml", epochs=1, imgsz=320)  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
+import itertools
+from copy import copy
 from pathlib import Path
+from typing import Any
 
 import torch
-from ultralytics.models.yolo.world.train import WorldTrainer
-from ultralytics.utils import RANK
+from ultralytics.data import YOLOConcatDataset, build_grounding, build_yolo_dataset
+from ultralytics.data.utils import check_det_dataset
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.world.train import on_pretrain_routine_end as _upstream_set_classes
+from ultralytics.models.yolo.world.train_world import WorldTrainerFromScratch
+from ultralytics.utils import LOGGER, RANK
+from ultralytics.utils.torch_utils import unwrap_model
 
+from yw_ext.engine.dataset import build_yw_dataset, check_dataset_available, class_texts, display_names
+from yw_ext.engine.grounding import check_grounding, is_mixed, normalize_grounding, val_data
+from yw_ext.engine.validator import YWValidator
 from yw_ext.nn.model import YWDetectionModel
+from yw_ext.vocab import pad_prompts
 
 
-class YWTrainer(WorldTrainer):
+def class_criterion(model: torch.nn.Module, num_classes: int):
+    """The detection loss for a model whose class scores are reduced over synonyms to ``num_classes`` channels.
+
+    The head reports ``K * G`` prompt channels but the model's own forward returns ``K`` class scores (max over each
+    class's ``G`` prompts); Ultralytics' loss reads the head's ``nc`` once, when it is built, so it is built while the
+    head reports ``K``.
+    """
+    head = model.model[-1]
+    saved = head.nc
+    head.nc = num_classes
+    try:
+        return model.init_criterion()
+    finally:
+        head.nc = saved
+
+
+def set_ema_vocabulary(trainer: YWTrainer) -> None:
+    """``on_pretrain_routine_end`` callback: give the EMA model the validation dataset's vocabulary.
+
+    Names are the dataset's display names, prompts its class texts (all synonyms; score = max over them). The EMA
+    model is what validation runs and what best.pt / last.pt hold, so the checkpoints keep this vocabulary.
+    """
+    trainer.set_vocabulary(trainer.ema.ema)
+
+
+class YWTrainer(WorldTrainerFromScratch):
     """Fine-tuning trainer building ``YWDetectionModel`` and encoding class texts with yw_ext's CLIP + cache.
 
+    Attributes:
+        text_embeddings (dict[str, torch.Tensor]): Text -> embedding for every training text (upstream's attribute).
+        text_encoder_id (str | None): Identity of the encoder that made them.
+        training_data (dict | None): Per detection dataset of a mixed run, its checked dataset dict; None otherwise.
+
     Examples:
-        >>> from yw_ext import YOLOWorld
-        >>> YOLOWorld("yw-v2-n.yaml").train(data="coco128.yaml", epochs=1, imgsz=320)  # doctest: +SKIP
+        >>> from yw_ext.engine.trainer import YWTrainer
+        >>> trainer = YWTrainer(overrides=dict(model="yw-v2-n.yaml", data="coco128.yaml", epochs=1))  # doctest: +SKIP
+        >>> trainer.train()  # doctest: +SKIP
     """
 
+    def __init__(self, cfg=None, overrides: dict | None = None, _callbacks: dict | None = None):
+        """Initialize like Ultralytics' trainers; the dataset, its class texts and grounding data are checked here."""
+        from ultralytics.utils import DEFAULT_CFG
+
+        self.training_data = None
+        self._text_index: dict[str, int] = {}
+        self._text_matrix: torch.Tensor | None = None
+        self.text_encoder_id: str | None = None
+        super().__init__(DEFAULT_CFG if cfg is None else cfg, overrides, _callbacks)
+
+    # ----------------------------------------------------------------------------------------------------- model
     def get_model(self, cfg=None, weights=None, verbose: bool = True) -> YWDetectionModel:
-        """Build a ``YWDetectionModel`` (nc = max texts per image, capped at 80 as officially) and load weights."""
+        """Build a ``YWDetectionModel`` (nc = texts per image = min(dataset nc, 80), as officially) and load weights.
+
+        Args:
+            cfg: Model YAML / dict (``YOLOWorld.train`` passes the current model's dict, keeping scale and text width).
+            weights: A model (or checkpoint dict) whose weights are copied in.
+            verbose: Print the model summary.
+        """
+        src = (weights.get("ema") or weights.get("model")) if isinstance(weights, dict) else weights
+        if getattr(src, "folded", False):
+            raise ValueError(
+                "this model is re-parameterised (its vocabulary is folded into its weights), so it has no text path "
+                "to fine-tune. Train the unfolded model (mode='finetune'), or fine-tune the folded weights with "
+                "mode='rep' on a dataset with the same classes."
+            )
         model = YWDetectionModel(
             cfg if cfg is not None else self.args.model,
             ch=self.data["channels"],
@@ -29,16 +116,142 @@ class YWTrainer(WorldTrainer):
         )
         if weights:
             model.load(weights)
-        from ultralytics.models.yolo.world.train import on_pretrain_routine_end
-
-        if on_pretrain_routine_end not in self.callbacks["on_pretrain_routine_end"]:
-            self.add_callback("on_pretrain_routine_end", on_pretrain_routine_end)
+        hooks = self.callbacks["on_pretrain_routine_end"]
+        if _upstream_set_classes in hooks:  # upstream's would set names only (no synonyms), with its own encoder call
+            hooks.remove(_upstream_set_classes)
+        if set_ema_vocabulary not in hooks:
+            self.add_callback("on_pretrain_routine_end", set_ema_vocabulary)
         return model
 
-    def generate_text_embeddings(self, texts: list[str], batch: int, cache_dir: Path) -> dict[str, torch.Tensor]:
-        """Encode texts with yw_ext's encoder; the on-disk cache is keyed by encoder identity and text."""
-        from yw_ext.text import encode_texts, load_clip
+    def get_validator(self) -> YWValidator:
+        """Return a ``YWValidator`` (a DetectionValidator that understands yw_ext vocabularies)."""
+        return YWValidator(self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks)
 
-        enc = load_clip()
-        emb = encode_texts(enc, list(texts), batch=batch)
-        return dict(zip(texts, emb.to(self.device)))
+    # ----------------------------------------------------------------------------------------------------- data
+    def get_dataset(self) -> dict:
+        """Check the data (availability, class texts, grounding JSON) and return the dataset dict.
+
+        Raises:
+            yw_ext.engine.dataset.DatasetNotAvailableError: images missing and not downloadable (offline).
+            ValueError: class-text JSON of the wrong length or form; bad grounding JSON (``GroundingDataError``).
+            FileNotFoundError: missing class-text JSON, grounding JSON or grounding image folder.
+        """
+        data = self.args.data
+        if not is_mixed(data):
+            check_dataset_available(data, splits=("train", "val"))
+            self.training_data = None
+            out = DetectionTrainer.get_dataset(self)
+            if self.args.single_cls:
+                out["class_texts"] = [[out["names"][0]]]
+            class_texts(out)
+            return out
+        for split in ("train", "val"):
+            for d in (data[split].get("yolo_data") or []):
+                check_dataset_available(d, splits=(split,))
+        for g in ("train", "val"):
+            if data[g].get("grounding_data") is not None:
+                data[g]["grounding_data"] = normalize_grounding(data[g]["grounding_data"])
+        out = WorldTrainerFromScratch.get_dataset(self)
+        for entry in out["train"]:
+            if isinstance(entry, dict):
+                n = check_grounding(entry["img_path"], entry["json_file"])
+                LOGGER.info(f"grounding data {entry['json_file']}: {n['annotations']} boxes on {n['found']} images")
+        for d in self.training_data.values():
+            class_texts(d)
+        vd = check_det_dataset(val_data(self.args.data))
+        out["class_texts"] = [[out["names"][0]]] if self.args.single_cls else class_texts(vd)
+        return out
+
+    def build_dataset(self, img_path, mode: str = "train", batch: int | None = None):
+        """Build the training dataset (class texts; detection and grounding mixed) or the validation dataset.
+
+        Args:
+            img_path: Training/validation image path(s); for a mixed run, the list of detection paths and grounding
+                dicts.
+            mode: ``"train"`` or ``"val"``.
+            batch: Batch size (for ``rect``).
+        """
+        gs = max(int(unwrap_model(self.model).stride.max() if self.model else 0), 32)
+        if mode != "train":
+            return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val", stride=gs)
+        if self.training_data:
+            datasets = [
+                build_yw_dataset(self.args, p, batch, self.training_data[p], stride=gs)
+                if isinstance(p, str)
+                else build_grounding(self.args, p["img_path"], p["json_file"], batch, stride=gs, max_samples=self.data["nc"])
+                for p in img_path
+            ]
+        else:
+            datasets = [build_yw_dataset(self.args, img_path, batch, self.data, stride=gs)]
+        self.set_text_embeddings(datasets, batch)
+        return YOLOConcatDataset(datasets) if len(datasets) > 1 else datasets[0]
+
+    def plot_training_labels(self) -> None:
+        """Plot label statistics for detection data (skipped for mixed detection + grounding data, as upstream)."""
+        if not self.training_data:
+            DetectionTrainer.plot_training_labels(self)
+
+    def final_eval(self):
+        """Validate best.pt on the (first) validation dataset."""
+        if is_mixed(self.args.data):
+            self.validator.args.data = val_data(self.args.data)
+            self.validator.args.split = "val"
+        return DetectionTrainer.final_eval(self)
+
+    # ----------------------------------------------------------------------------------------------------- texts
+    def encode(self, texts: list[str], model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Embeddings ``(N, D)`` of ``texts`` on the training device, from the model's text encoder.
+
+        The encoder is the one ``YWDetectionModel.encode_text`` resolves (``$YW_CLIP``, else the text tower that came
+        with the weights, else ``yw_ext.text.load_clip()``), so training and ``set_classes`` agree; embeddings are
+        cached on disk by encoder identity and text.
+        """
+        if model is None:
+            model = unwrap_model(self.model) if isinstance(self.model, torch.nn.Module) else None
+        if model is not None and hasattr(model, "encode_text"):
+            emb, self.text_encoder_id = model.encode_text(list(texts), batch=256)
+        else:
+            from yw_ext.text import encode_texts, load_clip
+
+            enc = load_clip()
+            emb, self.text_encoder_id = encode_texts(enc, list(texts), batch=256), enc.identity
+        return emb.float().to(self.device)
+
+    def set_text_embeddings(self, datasets: list[Any], batch: int | None) -> None:
+        """Embed every text the training datasets can sample (all class prompts, grounding phrases) once."""
+        texts = sorted({t for d in datasets for t in getattr(d, "category_names", ())})
+        emb = self.encode(texts) if texts else torch.zeros(0, 0, device=self.device)
+        self._text_index = {t: i for i, t in enumerate(texts)}
+        self._text_matrix = emb
+        self.text_embeddings = dict(zip(texts, emb))
+
+    def generate_text_embeddings(self, texts: list[str], batch: int, cache_dir: Path | None = None) -> dict:
+        """Upstream API: ``{text: embedding}`` from yw_ext's encoder (``cache_dir`` is unused: the cache is global)."""
+        return dict(zip(texts, self.encode(texts)))
+
+    def set_vocabulary(self, model: torch.nn.Module) -> None:
+        """Give ``model`` the dataset vocabulary: display names, all class prompts, their embeddings.
+
+        Args:
+            model: A ``YWDetectionModel`` (the EMA model during training).
+        """
+        names = display_names(self.data) if not self.args.single_cls else [self.data["names"][0]]
+        prompts = self.data["class_texts"]
+        flat, g = pad_prompts(prompts)
+        missing = [t for t in dict.fromkeys(flat) if t not in self._text_index]
+        if missing or self._text_matrix is None:
+            emb = self.encode(flat, model)
+        else:
+            emb = self._text_matrix[torch.tensor([self._text_index[t] for t in flat], device=self._text_matrix.device)]
+        model.set_vocabulary(names, emb.detach().float().cpu(), g, prompts, self.text_encoder_id)
+        if getattr(model, "args", None) is not None:  # the validation loss needs a criterion for K classes
+            model.criterion = class_criterion(model, len(names))
+
+    def preprocess_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Move and normalise the images; add the batch's text embeddings ``(B, T, D)`` as ``batch["txt_feats"]``."""
+        batch = DetectionTrainer.preprocess_batch(self, batch)
+        texts = batch["texts"]
+        idx = [self._text_index[t] for t in itertools.chain.from_iterable(texts)]
+        m = self._text_matrix
+        batch["txt_feats"] = m[torch.tensor(idx, device=m.device)].reshape(len(texts), -1, m.shape[-1])
+        return batch

@@ -58,6 +58,10 @@ class YWDetectionModel(DetectionModel):
         self.text_encoder_id = None
         self.clip_model = None  # Ultralytics' trainers and exporter look for this attribute
         self.folded = False  # True once the vocabulary is folded into the weights (yw_ext.nn.rep)
+        # CLIP text tower that came with the weights (official checkpoints embed one; see yw_ext.convert): a plain
+        # dict of float32 tensors + config, pickled with the model, used by encode_text when no encoder is given.
+        self.text_encoder_state = None
+        self.vocab_set = False  # True once set_vocabulary ran (txt_feats is a vocabulary, not the placeholder)
         super().__init__(cfg=d, ch=ch, nc=nc, verbose=verbose)
 
     # ------------------------------------------------------------------ forward
@@ -86,6 +90,8 @@ class YWDetectionModel(DetectionModel):
             ``y`` is ``(B, 4 + K, A)``.
         """
         own = txt_feats is None
+        if not own and getattr(self, "folded", False):
+            raise RuntimeError("this model is re-parameterised (its vocabulary is in its weights): no txt_feats.")
         tf = (self.txt_feats if own else txt_feats).to(device=x.device, dtype=x.dtype)
         if tf.dim() == 2:
             tf = tf[None]  # (1, P, D)
@@ -138,6 +144,14 @@ class YWDetectionModel(DetectionModel):
             return reduce_y(y), {**preds, "scores": reduce_scores(preds["scores"])}
         return reduce_y(out)
 
+    def load(self, weights: Any, verbose: bool = True) -> None:
+        """Ultralytics ``load`` (tensor transfer), also carrying over the source model's ``text_encoder_state``."""
+        super().load(weights, verbose=verbose)
+        src = (weights.get("ema") or weights.get("model")) if isinstance(weights, dict) else weights
+        state = getattr(src, "text_encoder_state", None)
+        if state is not None and getattr(self, "text_encoder_state", None) is None:
+            self.text_encoder_state = state
+
     def loss(self, batch: dict, preds: Any = None):
         """Detection loss with the batch's own text embeddings (``batch["txt_feats"]``, ``(B, K, D)``)."""
         if getattr(self, "criterion", None) is None:
@@ -159,8 +173,14 @@ class YWDetectionModel(DetectionModel):
         prompts_per_class: int = 1,
         class_prompts: list[list[str]] | None = None,
         encoder_id: str | None = None,
+        class_sources: list[str] | None = None,
+        image_encoder_id: str | None = None,
     ) -> None:
         """Install checked embeddings ``(K * G, D)`` as the vocabulary (low level; use ``set_classes``).
+
+        ``class_sources`` records where each class embedding came from (``"text"``, ``"image"``, ``"text+image"``
+        or ``"embedding"``; default ``"text"`` when ``class_prompts`` is given, else ``"embedding"``), and
+        ``image_encoder_id`` the CLIP image tower used for image prompts (None: none used).
 
         Examples:
             >>> m = YWDetectionModel("yw-v2-n.yaml", verbose=False)
@@ -184,6 +204,11 @@ class YWDetectionModel(DetectionModel):
         self.class_prompts = class_prompts
         self.text_encoder_id = encoder_id
         self.names = names_dict(names)
+        self.vocab_set = True
+        if class_sources is not None and len(class_sources) != k:
+            raise ValueError(f"class_sources has {len(class_sources)} entries for {k} classes.")
+        self.class_sources = list(class_sources or (["text" if class_prompts is not None else "embedding"] * k))
+        self.image_encoder_id = image_encoder_id
         head = self.model[-1]
         if isinstance(head, WorldDetect):
             head.nc = k * prompts_per_class
@@ -195,38 +220,165 @@ class YWDetectionModel(DetectionModel):
         encoder: Any = None,
         batch: int = 256,
         cache: Any = None,
+        images: dict | None = None,
+        alpha: float | None = None,
+        margin: float = 0.0,
+        use_text: bool = True,
     ) -> None:
-        """Set the vocabulary from class names (CLIP text prompts) or precomputed embeddings.
+        """Set the vocabulary from class names (CLIP text prompts), image prompts, or precomputed embeddings.
+
+        Image prompts (``images=``) are CLIP image embeddings of exemplars (see ``yw_ext.text.image``), from the
+        image tower of the same CLIP as the text (``encoder`` / ``$YW_CLIP``; a text-only CLIP raises):
+
+        - exemplars of a class: ``v = n(mean_j n(CLIP_image(x_j)))`` with ``n(x) = x / ||x||``;
+        - ``use_text=True`` (default): a class with images gets ``n(alpha * t + (1 - alpha) * v)`` for each of its
+          text prompts ``t`` (normalised CLIP text; synonyms are each fused with the same ``v``, the class score
+          stays the max over them); ``alpha=1`` gives the text alone (images are checked but not used), ``alpha=0``
+          the image alone. Classes without images use their text;
+        - ``use_text=False``: every class must have images and its embedding is ``v`` (no text encoded; ``alpha``
+          is ignored).
+
+        ``self.class_sources`` records per class ``"text"``, ``"image"``, ``"text+image"`` or ``"embedding"``, and
+        ``self.image_encoder_id`` the CLIP image tower used (None when no image was encoded).
 
         Args:
             classes: Class names; an item may be a list of synonyms (first = display name), see ``parse_classes``.
             embeddings: Optional ``(K, D)`` / ``(K, G, D)`` tensor, ndarray or ``.npy`` path used instead of text.
-            encoder: A ``CLIPTextEncoder`` or a CLIP source (path); default ``yw_ext.text.load_clip()``.
+            encoder: A ``CLIPTextEncoder`` or a CLIP source (path); default ``yw_ext.text.load_clip()``. Image prompts
+                use the image tower of this CLIP (default ``$YW_CLIP``).
             batch: Text-encoding batch size.
             cache: ``EmbeddingCache`` to use, ``False`` to disable (default: the on-disk cache).
+            images: ``{class_name: exemplar or [exemplars]}``; an exemplar is an image path, a BGR uint8 ndarray
+                (cv2 / Ultralytics order), a PIL image, or ``(image, [x1, y1, x2, y2])`` (a pixel box of the original
+                image to crop). Keys must be class names from ``classes``.
+            alpha: Text weight for classes with text and images, in ``[0, 1]``; default 0.5.
+            margin: Context added around boxes before cropping, as a fraction of the box width / height (>= 0,
+                default 0); the grown box is clipped to the image.
+            use_text: Encode the class names as text (default). False: image-only vocabulary.
+
+        Raises:
+            ValueError: bad names; ``images`` keys not in the names; a class with neither text nor images
+                (``use_text=False``); boxes outside the image or with no area; unreadable images; bad ``alpha`` or
+                ``margin``; a text-only CLIP with images; embedding width not the model's.
+            FileNotFoundError: an exemplar image or the CLIP weights are missing.
 
         Examples:
             >>> m = YWDetectionModel("yw-v2-n.yaml", verbose=False)
             >>> m.set_classes([["car", "automobile"], "bus"], embeddings=torch.randn(2, 2, 512))
             >>> m.prompts_per_class, m.names
             (2, {0: 'car', 1: 'bus'})
+            >>> m.set_classes(["dog", "cat"], images={"dog": ["dog1.jpg", ("scene.jpg", [10, 20, 200, 220])]})
+            >>> m.class_sources
+            ['text+image', 'text']
+            >>> m.set_classes(["dog"], images={"dog": "dog1.jpg"}, use_text=False)  # image only
         """
         names, prompts = parse_classes(classes)
-        if embeddings is not None:
-            if any(len(p) > 1 for p in prompts):
-                raise ValueError("give synonyms either as text prompts or as (K, G, D) embeddings, not both.")
-            emb, g = check_embeddings(embeddings, len(names), self.embed_dim)
-            self.set_vocabulary(names, emb, g, None, None)
+        if images is None and use_text:
+            if embeddings is not None:
+                if any(len(p) > 1 for p in prompts):
+                    raise ValueError("give synonyms either as text prompts or as (K, G, D) embeddings, not both.")
+                emb, g = check_embeddings(embeddings, len(names), self.embed_dim)
+                self.set_vocabulary(names, emb, g, None, None)
+                return
+            flat, g = pad_prompts(prompts)
+            emb, encoder_id = self.encode_text(flat, encoder=encoder, batch=batch, cache=cache)
+            self.set_vocabulary(names, emb, g, prompts, encoder_id)
             return
-        flat, g = pad_prompts(prompts)
-        emb, encoder_id = self.encode_text(flat, encoder=encoder, batch=batch, cache=cache)
-        self.set_vocabulary(names, emb, g, prompts, encoder_id)
+        self._set_classes_with_images(
+            names, prompts, embeddings, encoder, batch, cache, images, alpha, margin, use_text
+        )
+
+    def _set_classes_with_images(self, names, prompts, embeddings, encoder, batch, cache, images, alpha, margin,
+                                 use_text) -> None:
+        """Image-prompt part of ``set_classes`` (arguments already split by ``parse_classes``)."""
+        from ultralytics.utils import LOGGER
+
+        from yw_ext.text.image import DEFAULT_ALPHA, average_embeddings, fuse_embeddings, image_encoder, load_exemplars
+
+        if embeddings is not None:
+            raise ValueError("give class embeddings either as embeddings= or from images=, not both.")
+        alpha = DEFAULT_ALPHA if alpha is None else alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha (text weight of text+image classes) must be a number in [0, 1], got {alpha!r}.")
+        images = {} if images is None else images
+        if not isinstance(images, dict):
+            raise TypeError(f"images must be a dict {{class_name: exemplars}}, got {type(images).__name__}.")
+        unknown = [c for c in images if c not in names]
+        if unknown:
+            raise ValueError(
+                f"images given for class {unknown[0]!r}, which is not among the class names {names[:10]}; every key of "
+                "images must be a class name in classes (image-only classes: list them and pass use_text=False)."
+            )
+        if not use_text:
+            missing = [n for n in names if n not in images]
+            if missing:
+                raise ValueError(f"class {missing[0]!r} has neither text nor images: with use_text=False every class "
+                                 "needs exemplar images (add images for it, or use_text=True).")
+            syn = [p[0] for p in prompts if len(p) > 1]
+            if syn:
+                raise ValueError(
+                    f"class {syn[0]!r} has synonyms, which are text prompts: not usable with use_text=False."
+                )
+        crops = load_exemplars(images, margin=margin)  # every file and box is checked before anything is encoded
+        k, d = len(names), self.embed_dim
+        need = [n for n in names if n in crops and (not use_text or alpha < 1)]  # classes whose images are encoded
+        img, image_id, ienc = {}, None, None
+        if need:
+            ienc = image_encoder(encoder)
+            if ienc.dim != d:
+                raise ValueError(f"CLIP image encoder gives {ienc.dim}-d embeddings but this model expects {d}-d.")
+            feats = ienc.encode_images([c for n in need for c in crops[n]], batch=32).float().cpu()  # (M, D)
+            i = 0
+            for n in need:
+                img[n] = average_embeddings(feats[i: i + len(crops[n])])  # (D,)
+                i += len(crops[n])
+            image_id = ienc.identity
+        if use_text:
+            flat, g = pad_prompts(prompts)
+            text, encoder_id = self.encode_text(flat, encoder=encoder, batch=batch, cache=cache)
+            out = text.float().view(k, g, d).clone()  # (K, G, D)
+            sources = ["text"] * k
+            for j, n in enumerate(names):
+                if n not in img:
+                    continue
+                if alpha == 0:
+                    out[j], sources[j] = img[n].expand(g, d), "image"
+                else:
+                    try:
+                        out[j] = fuse_embeddings(out[j], img[n], alpha)  # (G, D)
+                    except ValueError as e:
+                        raise ValueError(f"class {n!r}: {e}") from None
+                    sources[j] = "text+image"
+            if ienc is not None and any(s == "text+image" for s in sources) and encoder_id != ienc.clip.identity:
+                LOGGER.warning(
+                    f"image prompts come from the CLIP at {ienc.clip.source} but the text embeddings from another text "
+                    f"encoder ({encoder_id}); fused embeddings assume one CLIP (set YW_CLIP or pass encoder=...)."
+                )
+            self.set_vocabulary(names, out.reshape(k * g, d), g, prompts, encoder_id, sources, image_id)
+        else:
+            out = torch.stack([img[n] for n in names])  # (K, D)
+            self.set_vocabulary(names, out, 1, None, None, ["image"] * k, image_id)
 
     def encode_text(self, texts: list[str], encoder: Any = None, batch: int = 256, cache: Any = None):
-        """Encode prompts with the CLIP text encoder (cached on disk); returns ``((N, D) tensor, encoder id)``."""
-        from yw_ext.text import encode_texts, load_clip
+        """Encode prompts with the CLIP text encoder (cached on disk); returns ``((N, D) tensor, encoder id)``.
 
-        enc = encoder if hasattr(encoder, "encode") else load_clip(encoder)
+        Encoder: ``encoder`` when given; else ``$YW_CLIP`` when set; else the model's own text tower
+        (``text_encoder_state``, e.g. from an official checkpoint); else ``yw_ext.text.load_clip()``.
+        """
+        import os
+
+        from yw_ext.text import encode_texts, load_clip
+        from yw_ext.text.clip import ENV_CLIP
+
+        state = getattr(self, "text_encoder_state", None)
+        if hasattr(encoder, "encode"):
+            enc = encoder
+        elif encoder is None and state is not None and not os.environ.get(ENV_CLIP, "").strip():
+            from yw_ext.convert import text_encoder_from_state
+
+            enc = text_encoder_from_state(state)
+        else:
+            enc = load_clip(encoder)
         if enc.dim != self.embed_dim:
             raise ValueError(
                 f"text encoder gives {enc.dim}-d embeddings but this model expects {self.embed_dim}-d "
@@ -235,11 +387,11 @@ class YWDetectionModel(DetectionModel):
         emb = encode_texts(enc, texts, cache=cache, batch=batch)
         return emb.float().cpu(), enc.identity
 
-    def reparameterize(self) -> YWDetectionModel:
+    def reparameterize(self, partial_v1: bool = False) -> YWDetectionModel:
         """Fold the current vocabulary into the neck and head weights, in place (see ``yw_ext.nn.rep``)."""
         from yw_ext.nn.rep import reparameterize
 
-        reparameterize(self)
+        reparameterize(self, partial_v1=partial_v1)
         return self
 
     def get_text_pe(self, text: list[str], batch: int = 80, cache_clip_model: bool = False) -> torch.Tensor:

@@ -1,0 +1,99 @@
+"""Re-parameterised fine-tuning (``mode="rep"``): fold the dataset's classes into the model, then train all weights.
+
+The official "rep" fine-tuning (YOLO-World paper, S/M/L ``rep_vlpan`` configs) trains a model whose vocabulary is
+already folded into the neck's text-guided attention (``RepC2fAttn`` guide convs) and the head's classifier
+(``RepWorldDetect`` 1x1 convs). Here the dataset's class texts (all synonyms; score = max over a class's prompts) are
+encoded, folded with ``yw_ext.nn.rep.reparameterize``, and the folded model trains like a closed-set detector: every
+weight, the folded guide and classifier convs included, on the dataset's own labels (no text sampling). The
+checkpoints (best.pt / last.pt) hold the folded model: no text path, the dataset's names, deployable as is.
+
+Examples:
+    >>> from yw_ext import YOLOWorld
+    >>> model = YOLOWorld("yolov8s-worldv2.pt")
+    >>> model.train(data="coco128.yaml", mode="rep", epochs=10)  # doctest: +SKIP
+    >>> model.model.folded  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import Any
+
+from ultralytics.data import build_yolo_dataset
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils.torch_utils import unwrap_model
+
+from yw_ext.engine.dataset import display_names
+from yw_ext.engine.grounding import is_mixed
+from yw_ext.engine.trainer import YWTrainer, class_criterion, set_ema_vocabulary
+from yw_ext.nn.model import YWDetectionModel
+
+
+class YWRepTrainer(YWTrainer):
+    """Trainer for a re-parameterised (vocabulary-folded) model on a closed-set detection dataset.
+
+    Examples:
+        >>> from yw_ext.engine.modes import get_trainer
+        >>> get_trainer("rep").__name__
+        'YWRepTrainer'
+    """
+
+    def get_dataset(self) -> dict:
+        """Check the detection dataset; grounding data needs an open vocabulary, so it is refused here."""
+        if is_mixed(self.args.data):
+            raise ValueError(
+                "mode='rep' trains a fixed vocabulary (the dataset's classes, folded into the weights); grounding data "
+                "needs the text path. Use mode='finetune' with grounding_data=..., then reparameterize()."
+            )
+        return super().get_dataset()
+
+    def get_model(self, cfg=None, weights=None, verbose: bool = True) -> YWDetectionModel:
+        """Build (or copy) the model, give it the dataset vocabulary and fold it.
+
+        Raises:
+            ValueError: ``weights`` is already folded for other class names.
+        """
+        src = (weights.get("ema") or weights.get("model")) if isinstance(weights, dict) else weights
+        names = display_names(self.data) if not self.args.single_cls else [self.data["names"][0]]
+        if src is not None and getattr(src, "folded", False):
+            have = list(src.names.values()) if isinstance(src.names, dict) else list(src.names)
+            if have != names:
+                raise ValueError(
+                    f"this model is already re-parameterised for {have[:5]}..., not for the dataset's classes "
+                    f"{names[:5]}...; start mode='rep' from the unfolded model (before reparameterize())."
+                )
+            model = deepcopy(unwrap_model(src)).float()
+        else:
+            model = super().get_model(cfg, weights, verbose)
+            self.set_vocabulary(model)  # encoded with the new model's text encoder, before folding
+            model.reparameterize()
+        hooks = self.callbacks["on_pretrain_routine_end"]
+        if set_ema_vocabulary in hooks:  # the vocabulary is in the weights: nothing to set on the EMA
+            hooks.remove(set_ema_vocabulary)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.criterion = None
+        return model
+
+    def set_model_attributes(self) -> None:
+        """Attach names and args (not the dataset's ``nc``: the head keeps its prompt count); build the K-class loss."""
+        model = unwrap_model(self.model)
+        model.names = dict(enumerate(display_names(self.data))) if not self.args.single_cls else self.data["names"]
+        model.args = self.args
+        model.criterion = class_criterion(model, len(model.names))
+
+    def build_dataset(self, img_path, mode: str = "train", batch: int | None = None):
+        """Plain detection datasets (the vocabulary is fixed: labels are the dataset's class indices)."""
+        gs = max(int(unwrap_model(self.model).stride.max() if self.model else 0), 32)
+        return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val", stride=gs)
+
+    def preprocess_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Images to the device; no text embeddings (the folded model ignores text and scores its own classes)."""
+        batch = DetectionTrainer.preprocess_batch(self, batch)
+        batch["txt_feats"] = None
+        return batch
+
+    def plot_training_labels(self) -> None:
+        """Plot label statistics of the detection data."""
+        DetectionTrainer.plot_training_labels(self)

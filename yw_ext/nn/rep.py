@@ -1,0 +1,448 @@
+"""RepVL-PAN re-parameterisation: fold a fixed vocabulary into the neck and head weights, exactly.
+
+A YOLO-World model uses its vocabulary (text embeddings ``T``, ``(P, D)`` with ``P = K * G`` prompts) in two
+places, and both are linear in ``T`` once the vocabulary is fixed:
+
+* **Neck** (every ``C2fAttn``'s ``MaxSigmoidAttnBlock``): ``guide = gl(T)`` (``(P, ec)``, ``ec = nh * hc``) is
+  dotted with the block's per-pixel embedding, per head, and reduced with a max over the prompts. For head ``h`` the
+  dot products are a 1x1 conv with weights ``guide[:, h*hc:(h+1)*hc]`` (``P`` outputs from ``hc`` inputs), so all
+  heads together are one grouped 1x1 conv (``groups = nh``). ``RepMaxSigmoidAttn`` computes the max over ``P`` in
+  chunks of at most ``chunk`` prompts with a running maximum, so the ``(B, nh, P, H, W)`` similarity tensor is
+  never materialised (the same numbers; see ``docs/performance-notes.md``).
+* **Head** (``WorldDetect``): with the BatchNorm contrastive head (v2), everything from the last 1x1 conv of each
+  ``cv3`` branch (hidden -> D), through the BatchNorm (running statistics), to the dot product with the
+  L2-normalised text, times ``exp(logit_scale)``, plus ``bias``, is affine: one 1x1 conv hidden -> P. With the plain
+  contrastive head (v1) the image embedding is L2-normalised per pixel first, a non-linearity, so the branch keeps
+  its hidden -> D conv and an ``L2Normalize`` and ends in a 1x1 conv D -> P holding ``normalize(T) *
+  exp(logit_scale)`` and ``bias``.
+
+The folded model has no text path: ``RepC2fAttn`` is not a ``C2fAttn`` and ``RepWorldDetect`` is a plain
+Ultralytics ``Detect`` (not a ``WorldDetect``), so ``YWDetectionModel.predict`` calls them as ``m(x)``, Ultralytics'
+exporter treats the head as any detector's, and the ONNX graph is convolutions only (no MatMul / Einsum / Gemm).
+The head outputs all ``P = K * G`` prompt scores; ``YWDetectionModel.predict`` still reduces them to ``K`` classes
+with the max over each class's ``G`` synonyms.
+
+YOLO-World v1 (``ImagePoolingAttn``) rewrites the text with pooled image features before the bottom-up ``C2fAttn``
+layers, so those layers' guides depend on the image and cannot be folded. ``reparameterize`` refuses v1 models
+unless ``partial_v1=True``, which folds exactly what is image-independent (the head, which always sees the original
+text, and the ``C2fAttn`` layers before the ``ImagePoolingAttn``) and leaves the rest dynamic.
+
+Classes here are pickled into checkpoints by their import path (``yw_ext.nn.rep.RepC2fAttn`` ...): keep the names.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from ultralytics.nn.modules import C2fAttn, ImagePoolingAttn, WorldDetect
+from ultralytics.nn.modules.block import BNContrastiveHead, Bottleneck, ContrastiveHead, MaxSigmoidAttnBlock
+from ultralytics.nn.modules.conv import Conv
+from ultralytics.nn.modules.head import Detect
+
+DEFAULT_CHUNK = 128
+"""Most prompts whose similarity maps ``RepMaxSigmoidAttn`` computes at once before updating its running max."""
+
+# Detect attributes that may be set on a head instance (by parse_model, the model build, the exporter or a predictor)
+# and that the folded head must carry over.
+_HEAD_ATTRS = (
+    "f", "i", "type", "np", "stride", "export", "format", "dynamic", "shape", "anchors", "strides", "max_det",
+    "agnostic_nms", "xyxy", "legacy",
+)  # fmt: skip
+_LAYER_ATTRS = ("f", "i", "type", "np")  # parse_model's bookkeeping on every layer
+
+
+def _chunking(num_prompts: int, chunk: int) -> tuple[int, int]:
+    """Split ``num_prompts`` into the fewest chunks of at most ``chunk``, as evenly as possible.
+
+    Returns:
+        (number of chunks, prompts per chunk); ``n * size >= num_prompts`` with less than ``n`` padding prompts.
+
+    Examples:
+        >>> _chunking(1203, 128), _chunking(80, 128), _chunking(256, 128)
+        ((10, 121), (1, 80), (2, 128))
+    """
+    if num_prompts < 1 or chunk < 1:
+        raise ValueError(f"num_prompts ({num_prompts}) and chunk ({chunk}) must be positive.")
+    n = math.ceil(num_prompts / chunk)
+    return n, math.ceil(num_prompts / n)
+
+
+class RepMaxSigmoidAttn(nn.Module):
+    """Max-sigmoid attention with the text guide folded into grouped 1x1 convs (no text input).
+
+    ``aw[h] = sigmoid(max_p(conv_h(embed)[p]) / sqrt(hc) + bias[h]) * scale[h]`` and the output is
+    ``proj_conv(x)`` times ``aw[h]`` per head, as ``MaxSigmoidAttnBlock`` with a fixed guide.
+
+    The guide is stored in ``guide_convs``, one bias-free grouped 1x1 ``nn.Conv2d`` per chunk of prompts
+    (``groups = nh``, weight ``(nh * chunk, hc, 1, 1)``): group ``h`` of conv ``c`` outputs the similarities of
+    prompts ``c * chunk ... (c + 1) * chunk - 1`` for head ``h``. The forward keeps a running maximum over the chunks,
+    so at most ``(B, nh * chunk, H, W)`` similarities exist at a time. When ``P`` is not a multiple of ``chunk`` the
+    last prompt is repeated as padding (fewer than one prompt per chunk); a repeated prompt cannot change a maximum,
+    so the result is exact. Plain 4-d conv weights: THOP counts them, and Ultralytics' ``AutoBackend`` can convert the
+    model to ``channels_last``.
+
+    Args:
+        c1: Input channels.
+        c2: Output channels (``nh * hc``).
+        nh: Number of heads.
+        ec: Embedding channels (a 1x1 ``Conv`` c1 -> ec is applied first when ``c1 != ec``); must equal ``c2``.
+        num_prompts: P, the number of folded prompts.
+        scale: Whether the block has a learnable per-head scale (Ultralytics' ``C2fAttn`` builds it without).
+        chunk: Most prompts per chunk of the running max.
+
+    Examples:
+        >>> m = RepMaxSigmoidAttn(64, 64, nh=2, ec=64, num_prompts=300)
+        >>> m.n_chunks, m.chunk, tuple(m.guide_convs[0].weight.shape)  # (nh * chunk, hc, 1, 1) per chunk
+        (3, 100, (200, 32, 1, 1))
+        >>> tuple(m(torch.zeros(1, 64, 8, 8)).shape)
+        (1, 64, 8, 8)
+    """
+
+    def __init__(
+        self, c1: int, c2: int, nh: int, ec: int, num_prompts: int, scale: bool = False, chunk: int = DEFAULT_CHUNK
+    ):
+        """Build the block with a zero guide (fill it with ``set_guide`` or a state dict)."""
+        super().__init__()
+        if c2 % nh or ec != c2:
+            raise ValueError(f"need c2 ({c2}) divisible by nh ({nh}) and ec ({ec}) == c2.")
+        self.nh = nh
+        self.hc = c2 // nh
+        self.num_prompts = int(num_prompts)
+        self.n_chunks, self.chunk = _chunking(self.num_prompts, chunk)
+        self.ec = Conv(c1, ec, k=1, act=False) if c1 != ec else None
+        self.bias = nn.Parameter(torch.zeros(nh))
+        self.proj_conv = Conv(c1, c2, k=3, s=1, act=False)
+        self.scale = nn.Parameter(torch.ones(1, nh, 1, 1)) if scale else 1.0
+        self.guide_convs = nn.ModuleList(
+            nn.Conv2d(ec, nh * self.chunk, 1, groups=nh, bias=False) for _ in range(self.n_chunks)
+        )
+        for conv in self.guide_convs:
+            nn.init.zeros_(conv.weight)
+
+    @torch.no_grad()
+    def set_guide(self, guide: torch.Tensor) -> None:
+        """Store a guide ``(P, nh * hc)`` (``gl(text)``) in the chunked grouped-conv layout.
+
+        Examples:
+            >>> m = RepMaxSigmoidAttn(8, 8, nh=2, ec=8, num_prompts=3, chunk=2)
+            >>> m.set_guide(torch.arange(24.0).view(3, 8))
+            >>> m.guide_convs[1].weight[:, :, 0, 0].tolist()  # chunk 1: prompt 2 and its padding copy; heads 0, 1
+            [[16.0, 17.0, 18.0, 19.0], [16.0, 17.0, 18.0, 19.0], [20.0, 21.0, 22.0, 23.0], [20.0, 21.0, 22.0, 23.0]]
+        """
+        p, c = guide.shape
+        if p != self.num_prompts or c != self.nh * self.hc:
+            raise ValueError(f"guide must be ({self.num_prompts}, {self.nh * self.hc}), got {tuple(guide.shape)}.")
+        n, size = self.n_chunks, self.chunk
+        pad = n * size - p
+        g = torch.cat((guide, guide[-1:].expand(pad, -1)), 0) if pad else guide  # (n_chunks * chunk, nh * hc)
+        g = g.view(n, size, self.nh, self.hc).permute(0, 2, 1, 3)  # (n_chunks, nh, chunk, hc)
+        for conv, w in zip(self.guide_convs, g):
+            conv.weight.copy_(w.reshape(self.nh * size, self.hc, 1, 1))  # (nh * chunk, hc, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Attend ``x`` ``(B, c1, H, W)`` with the folded guide; returns ``(B, c2, H, W)``."""
+        bs, _, h, w = x.shape
+        embed = self.ec(x) if self.ec is not None else x  # (B, nh * hc, H, W)
+        aw = None
+        for conv in self.guide_convs:  # one chunk of prompts, every head
+            s = conv(embed).view(bs, self.nh, self.chunk, h, w)  # (B, nh, chunk, H, W)
+            s = s.amax(2)  # (B, nh, H, W)
+            aw = s if aw is None else torch.maximum(aw, s)
+        aw = aw / (self.hc**0.5)
+        aw = aw + self.bias[None, :, None, None]
+        aw = aw.sigmoid() * self.scale  # (B, nh, H, W)
+        x = self.proj_conv(x)
+        x = x.view(bs, self.nh, -1, h, w)  # (B, nh, hc, H, W)
+        x = x * aw.unsqueeze(2)
+        return x.view(bs, -1, h, w)  # (B, c2, H, W)
+
+
+class RepC2fAttn(nn.Module):
+    """``C2fAttn`` with its vocabulary folded in: same ``cv1``, ``cv2``, ``m``, and a ``RepMaxSigmoidAttn``.
+
+    Not a subclass of ``C2fAttn`` on purpose: models call it as ``m(x)``, without text.
+
+    Args:
+        c1: Input channels.
+        c2: Output channels.
+        n: Number of bottlenecks.
+        ec: Attention embedding channels.
+        nh: Attention heads.
+        num_prompts: P, the number of folded prompts.
+        shortcut: Bottleneck shortcuts.
+        g: Groups of the bottlenecks' second conv.
+        e: Hidden-channel expansion.
+        chunk: Most prompts per chunk of the attention's running max.
+
+    Examples:
+        >>> m = RepC2fAttn(128, 64, n=1, ec=32, nh=2, num_prompts=80)
+        >>> tuple(m(torch.zeros(1, 128, 8, 8)).shape)
+        (1, 64, 8, 8)
+    """
+
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        n: int = 1,
+        ec: int = 128,
+        nh: int = 1,
+        num_prompts: int = 80,
+        shortcut: bool = False,
+        g: int = 1,
+        e: float = 0.5,
+        chunk: int = DEFAULT_CHUNK,
+    ):
+        """Build the layer with a zero guide (see ``from_c2fattn`` to fold a trained ``C2fAttn``)."""
+        super().__init__()
+        self.c = int(c2 * e)  # hidden channels
+        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
+        self.cv2 = Conv((3 + n) * self.c, c2, 1)
+        self.m = nn.ModuleList(Bottleneck(self.c, self.c, shortcut, g, k=((3, 3), (3, 3)), e=1.0) for _ in range(n))
+        self.attn = RepMaxSigmoidAttn(self.c, self.c, nh=nh, ec=ec, num_prompts=num_prompts, chunk=chunk)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """CSP forward with the folded text-guided attention on the last bottleneck's output."""
+        y = list(self.cv1(x).chunk(2, 1))  # 2 x (B, c, H, W)
+        y.extend(m(y[-1]) for m in self.m)
+        y.append(self.attn(y[-1]))
+        return self.cv2(torch.cat(y, 1))  # (B, (3 + n) * c, H, W) -> (B, c2, H, W)
+
+    @classmethod
+    @torch.no_grad()
+    def from_c2fattn(cls, layer: C2fAttn, text: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> RepC2fAttn:
+        """Fold a ``C2fAttn`` for the text embeddings ``(P, D)`` it would be called with; shares its submodules.
+
+        Works on fused (``Conv`` + BN merged) and unfused layers alike: ``cv1``, ``cv2``, ``m``, ``attn.ec`` and
+        ``attn.proj_conv`` are the original module objects; ``attn.bias`` and ``attn.scale`` are copied.
+
+        Examples:
+            >>> layer = C2fAttn(128, 64, n=1, ec=32, nh=2, gc=512).eval()
+            >>> text = torch.randn(5, 512)
+            >>> x = torch.randn(1, 128, 8, 8)
+            >>> rep = RepC2fAttn.from_c2fattn(layer, text)
+            >>> bool(torch.allclose(rep(x), layer(x, text[None]), atol=1e-5))
+            True
+        """
+        a: MaxSigmoidAttnBlock = layer.attn
+        c1 = layer.cv1.conv.in_channels
+        c2 = layer.cv2.conv.out_channels
+        ec = a.gl.out_features
+        e = 0.5 if layer.c == int(c2 * 0.5) else layer.c / c2  # parse_model builds C2fAttn with e=0.5
+        scale = isinstance(a.scale, nn.Parameter)
+        rep = cls(c1, c2, n=len(layer.m), ec=ec, nh=a.nh, num_prompts=text.shape[0], e=e, chunk=chunk)
+        if rep.c != layer.c:
+            raise ValueError(f"cannot infer the hidden width of {layer} (got {rep.c}, expected {layer.c}).")
+        rep.cv1, rep.cv2, rep.m = layer.cv1, layer.cv2, layer.m
+        ra = rep.attn
+        ra.ec, ra.proj_conv = a.ec, a.proj_conv
+        ref = a.bias
+        ra.bias = nn.Parameter(a.bias.detach().clone())
+        ra.scale = nn.Parameter(a.scale.detach().clone()) if scale else a.scale
+        guide = F.linear(text.double(), a.gl.weight.double(), a.gl.bias.double())  # (P, ec)
+        ra.guide_convs.to(ref.device, ref.dtype)
+        ra.set_guide(guide.to(ref.device, ref.dtype))
+        for k in _LAYER_ATTRS:
+            if hasattr(layer, k):
+                setattr(rep, k, getattr(layer, k))
+        return rep.train(layer.training)
+
+
+class L2Normalize(nn.Module):
+    """Per-pixel L2 normalisation over channels (``F.normalize(x, dim=1)``), as ``ContrastiveHead`` does.
+
+    Examples:
+        >>> y = L2Normalize()(torch.randn(1, 8, 4, 4))
+        >>> bool(torch.allclose(y.norm(dim=1), torch.ones(1, 4, 4)))
+        True
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``(B, C, H, W)`` to unit L2 norm along C."""
+        return F.normalize(x, dim=1, p=2)
+
+
+class RepWorldDetect(Detect):
+    """A ``WorldDetect`` head with its vocabulary folded in: an Ultralytics ``Detect`` with ``nc = P`` prompts.
+
+    ``cv2`` (boxes), ``dfl``, strides and anchors are the ``WorldDetect``'s; ``cv3[i]`` ends in the folded
+    classifier: ``Conv(x, c3, 3), Conv(c3, c3, 3), Conv2d(c3, P, 1)`` for the BatchNorm contrastive head, or
+    ``..., Conv2d(c3, D, 1), L2Normalize(), Conv2d(D, P, 1)`` for the plain (L2) contrastive head. Forward, decoding,
+    export flags and ``fuse`` are ``Detect``'s (training returns ``{"boxes", "scores", "feats"}``).
+
+    Args:
+        nc: P, the number of folded prompts (= output score channels).
+        hidden: The classification branch's hidden width c3 (``WorldDetect``: ``max(ch[0], min(nc_built, 100))``).
+        embed: Text-embedding width D.
+        with_bn: BatchNorm contrastive head (True) or plain L2 contrastive head (False).
+        reg_max: DFL channels.
+        ch: Input channels per level.
+
+    Examples:
+        >>> head = RepWorldDetect(nc=7, hidden=80, embed=512, with_bn=True, ch=(64, 128, 256))
+        >>> head.stride = torch.tensor([8.0, 16.0, 32.0])
+        >>> x = [torch.zeros(1, c, s, s) for c, s in ((64, 8), (128, 4), (256, 2))]
+        >>> tuple(head.eval()(x)[0].shape)  # (B, 4 + P, anchors)
+        (1, 11, 84)
+    """
+
+    def __init__(
+        self, nc: int, hidden: int, embed: int = 512, with_bn: bool = True, reg_max: int = 16, ch: tuple[int, ...] = ()
+    ):
+        """Build the head with zero folded classifiers (see ``from_world_detect`` to fold a trained head)."""
+        super().__init__(nc, reg_max=reg_max, end2end=False, ch=ch)
+        self.embed = embed
+        self.with_bn = with_bn
+
+        def cls_branch(x: int) -> nn.Sequential:
+            feats = [Conv(x, hidden, 3), Conv(hidden, hidden, 3)]
+            if with_bn:
+                return nn.Sequential(*feats, nn.Conv2d(hidden, nc, 1))
+            return nn.Sequential(*feats, nn.Conv2d(hidden, embed, 1), L2Normalize(), nn.Conv2d(embed, nc, 1))
+
+        self.cv3 = nn.ModuleList(cls_branch(x) for x in ch)
+
+    def bias_init(self):
+        """Initialise box biases only; class scores are the folded text similarities."""
+        for a in self.cv2:
+            a[-1].bias.data[:] = 1.0
+
+    @classmethod
+    @torch.no_grad()
+    def from_world_detect(cls, head: WorldDetect, text: torch.Tensor) -> RepWorldDetect:
+        """Fold a ``WorldDetect`` for the text embeddings ``(P, D)`` it would be called with.
+
+        The BatchNorm folds with its running statistics (eval semantics). ``cv2``, ``dfl`` and the first two convs of
+        each ``cv3`` branch are the original module objects (fused or not).
+
+        Examples:
+            >>> wd = WorldDetect(nc=80, embed=512, with_bn=True, ch=(64, 128, 256)).eval()
+            >>> wd.stride = torch.tensor([8.0, 16.0, 32.0])
+            >>> rep = RepWorldDetect.from_world_detect(wd, torch.randn(3, 512)).eval()
+            >>> rep.nc, len(rep.cv3[0])
+            (3, 3)
+        """
+        heads = list(head.cv4)
+        with_bn = isinstance(heads[0], BNContrastiveHead)
+        if not all(isinstance(c, BNContrastiveHead if with_bn else ContrastiveHead) for c in heads):
+            raise TypeError(f"unsupported contrastive heads {[type(c).__name__ for c in heads]}.")
+        if with_bn and not all(hasattr(c, "norm") for c in heads):
+            raise RuntimeError("the head's BNContrastiveHead was already fused (its BatchNorm removed); cannot fold.")
+        p, d = text.shape
+        last = [b[-1] for b in head.cv3]  # Conv2d(c3, D, 1) per level
+        hidden = last[0].in_channels
+        ch = tuple(b[0].conv.in_channels for b in head.cv2)
+        rep = cls(p, hidden=hidden, embed=d, with_bn=with_bn, reg_max=head.reg_max, ch=ch)
+        rep.cv2, rep.dfl = head.cv2, head.dfl
+        ref = last[0].weight
+        t = F.normalize(text.to(ref.device).double(), dim=-1, p=2)  # (P, D)
+        for i, (branch, conv, ctr) in enumerate(zip(head.cv3, last, heads)):
+            ts = t * ctr.logit_scale.double().exp()  # (P, D)
+            if with_bn:
+                bn = ctr.norm
+                a = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()  # (D,)
+                w = conv.weight.double().flatten(1)  # (D, c3)
+                b = conv.bias.double() if conv.bias is not None else torch.zeros_like(a)  # (D,)
+                w_img = a[:, None] * w  # (D, c3): conv then BN
+                b_img = a * (b - bn.running_mean.double()) + bn.bias.double()  # (D,)
+                fw = ts @ w_img  # (P, c3)
+                fb = ts @ b_img + ctr.bias.double()  # (P,)
+                out = nn.Conv2d(hidden, p, 1)
+                out.weight.data = fw.view(p, hidden, 1, 1).to(ref.dtype)  # (P, c3, 1, 1)
+                out.bias.data = fb.to(ref.dtype)
+                rep.cv3[i] = nn.Sequential(branch[0], branch[1], out.to(ref.device))
+            else:
+                out = nn.Conv2d(d, p, 1)
+                out.weight.data = ts.view(p, d, 1, 1).to(ref.dtype)  # (P, D, 1, 1)
+                out.bias.data = ctr.bias.double().expand(p).to(ref.dtype).clone()
+                rep.cv3[i] = nn.Sequential(branch[0], branch[1], conv, L2Normalize(), out.to(ref.device))
+        for k in _HEAD_ATTRS:
+            if k in vars(head):
+                setattr(rep, k, getattr(head, k))
+        return rep.train(head.training)
+
+
+def _has_vocabulary(model: nn.Module) -> bool:
+    """Whether the model's text embeddings are a vocabulary (set by set_classes / from a checkpoint), not a placeholder.
+
+    ``YWDetectionModel`` records ``vocab_set`` in ``set_vocabulary``; models pickled before that flag existed are
+    assumed to carry one.
+    """
+    return bool(getattr(model, "vocab_set", True)) and getattr(model, "txt_feats", None) is not None
+
+
+@torch.no_grad()
+def reparameterize(model: nn.Module, partial_v1: bool = False, chunk: int = DEFAULT_CHUNK) -> None:
+    """Fold the model's current vocabulary into its neck and head weights, in place (RepVL-PAN).
+
+    Every ``C2fAttn`` becomes a ``RepC2fAttn`` and the ``WorldDetect`` a ``RepWorldDetect``; outputs are unchanged
+    (up to float rounding) for the vocabulary at folding time, synonyms included (the head outputs all ``K * G``
+    prompt scores and ``YWDetectionModel.predict`` keeps taking the max over each class's ``G`` prompts). Afterwards
+    ``model.folded`` is True, the model ignores text, and ``set_classes`` raises. BatchNorms fold with their running
+    statistics, i.e. the folded model computes what the original computes in eval mode.
+
+    Args:
+        model: A ``YWDetectionModel`` with a vocabulary (``set_classes``, or a loaded checkpoint's).
+        partial_v1: For YOLO-World v1 (``ImagePoolingAttn``): fold the head and the ``C2fAttn`` layers before the
+            ``ImagePoolingAttn`` (exact), keep the later ``C2fAttn`` layers dynamic (they use image-enhanced text at
+            run time, so the model keeps using its stored ``txt_feats`` there). Without it v1 models raise.
+        chunk: Most prompts per chunk of the neck's running max (memory/speed trade-off; results do not change).
+
+    Raises:
+        RuntimeError: already folded; no vocabulary set; v1 model without ``partial_v1``.
+        TypeError: not a YOLO-World model (no ``WorldDetect`` head).
+
+    Examples:
+        >>> from yw_ext.nn.model import YWDetectionModel
+        >>> m = YWDetectionModel("yw-v2-n.yaml", verbose=False).eval()
+        >>> m.set_classes(["car", "bus"], embeddings=torch.randn(2, 2, 512))  # 2 prompts per class
+        >>> reparameterize(m)
+        >>> m.folded, type(m.model[-1]).__name__, tuple(m(torch.zeros(1, 3, 64, 64))[0].shape)
+        (True, 'RepWorldDetect', (1, 6, 84))
+    """
+    if getattr(model, "folded", False):
+        raise RuntimeError(
+            "this model is already re-parameterised (its vocabulary is folded into the weights); reparameterize() "
+            "runs once, on an unfolded model with a vocabulary."
+        )
+    layers = getattr(model, "model", None)
+    if not isinstance(layers, nn.Sequential) or not isinstance(layers[-1], WorldDetect):
+        raise TypeError(
+            f"reparameterize() needs a YOLO-World model with a WorldDetect head, got {type(model).__name__}"
+            + (f" ending in {type(layers[-1]).__name__}." if isinstance(layers, nn.Sequential) else ".")
+        )
+    if not _has_vocabulary(model):
+        raise RuntimeError(
+            "this model has no vocabulary to fold (its text embeddings are the random placeholder it was built "
+            "with). Call set_classes(names) or set_classes(names, embeddings=...) first."
+        )
+    pooling = [m.i for m in layers if isinstance(m, ImagePoolingAttn)]
+    if pooling and not partial_v1:
+        raise RuntimeError(
+            "YOLO-World v1 models (ImagePoolingAttn) cannot be fully re-parameterised: layer "
+            f"{pooling[0]} rewrites the text with pooled image features, so the later C2fAttn layers' guides depend "
+            "on the image. Use a v2 model, or reparameterize(model, partial_v1=True) to fold the head and the "
+            "C2fAttn layers before the ImagePoolingAttn exactly and keep the rest dynamic."
+        )
+    ref = layers[-1].cv3[0][-1].weight
+    text = model.txt_feats.detach().to(ref.device, torch.float32)
+    if text.dim() == 3:
+        if text.shape[0] != 1:
+            raise ValueError(f"txt_feats must hold one vocabulary (1, P, D), got {tuple(text.shape)}.")
+        text = text[0]  # (P, D), P = K * G prompts
+    if text.shape[-1] != layers[-1].cv3[0][-1].out_channels:
+        raise ValueError(f"text width {text.shape[-1]} != head embedding width {layers[-1].cv3[0][-1].out_channels}.")
+    original = True  # C2fAttn layers see the stored text until an ImagePoolingAttn rewrites it
+    for idx, m in enumerate(layers):
+        if isinstance(m, ImagePoolingAttn):
+            original = False
+        elif isinstance(m, C2fAttn) and original:
+            layers[idx] = RepC2fAttn.from_c2fattn(m, text, chunk=chunk)
+    layers[-1] = RepWorldDetect.from_world_detect(layers[-1], text)
+    model.folded = True
+
+
+__all__ = ["DEFAULT_CHUNK", "RepMaxSigmoidAttn", "RepC2fAttn", "L2Normalize", "RepWorldDetect", "reparameterize"]
