@@ -8,7 +8,9 @@ Timing follows ``docs/performance-notes.md``: separately timed medians of two va
 machine, so after a warm-up every round runs all four variants of a backend back to back (order reversed every other
 round), and the reported figures are medians of per-round ratios with their spread (min..max). Each variant's sample
 in a round is the fastest of ``--reps`` consecutive runs, which filters out bursts of load from other processes on a
-shared machine without separating the variants in time. The ratios:
+shared machine without separating the variants in time. ``--clock cpu`` (with ``--threads 1``) times with the
+calling thread's CPU time instead of wall time: on a machine shared with other jobs it is much less disturbed by
+time spent descheduled (ONNX Runtime with one intra-op thread runs in the calling thread). The ratios:
 
 * ``folded_k80 / original_k80``: the price of folding at a COCO-size vocabulary (expected <= 1.02);
 * ``folded_k1203 / folded_k80``: how the folded model grows with the vocabulary (target <= 1.3);
@@ -23,6 +25,10 @@ Examples:
     Full run (s at 640, 10 rounds; several minutes on 2 cores)::
 
         YOLO_OFFLINE=1 python benchmarks/bench_rep.py
+
+    Less disturbed by other jobs on a shared machine (one thread, CPU time)::
+
+        YOLO_OFFLINE=1 python benchmarks/bench_rep.py --threads 1 --clock cpu --out benchmarks/results/rep_cpu1.csv
 
     Quick smoke run::
 
@@ -133,14 +139,16 @@ def ort_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def timed(fn) -> float:
-    """Seconds taken by one call of ``fn``."""
-    t = time.perf_counter()
+def timed(fn, clock=time.perf_counter) -> float:
+    """Seconds taken by one call of ``fn`` on ``clock``."""
+    t = clock()
     fn()
-    return time.perf_counter() - t
+    return clock() - t
 
 
-def run_rounds(runners: dict[str, callable], rounds: int, warmup: int, reps: int = 1) -> dict[str, list[float]]:
+def run_rounds(
+    runners: dict[str, callable], rounds: int, warmup: int, reps: int = 1, clock=time.perf_counter
+) -> dict[str, list[float]]:
     """Time every runner once per round (fastest of ``reps`` runs), in alternating order, after ``warmup`` rounds.
 
     Returns:
@@ -153,7 +161,7 @@ def run_rounds(runners: dict[str, callable], rounds: int, warmup: int, reps: int
     times = {n: [] for n in names}
     for r in range(rounds):
         for n in names if r % 2 == 0 else names[::-1]:
-            times[n].append(min(timed(runners[n]) for _ in range(reps)))
+            times[n].append(min(timed(runners[n], clock) for _ in range(reps)))
     return times
 
 
@@ -219,7 +227,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.bar(xs, [sel[v]["value"] for v in VARIANTS], w, label=be)
     ax.set_xticks([i + w * (len(backends) - 1) / 2 for i in range(len(VARIANTS))])
     ax.set_xticklabels(VARIANTS, fontsize=8)
-    ax.set_ylabel("median latency, ms (not comparable across runs)")
+    ax.set_ylabel("median latency, ms (compare only within a run)")
     ax.set_title("Latency (same run)")
     ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
@@ -237,12 +245,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3, help="runs per sample; a sample is the fastest of them")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: thread CPU time (needs --threads 1)")
     ap.add_argument("--backends", default="torch,onnxruntime")
     ap.add_argument("--quick", action="store_true", help="n at 320, 3 rounds, 1 warm-up (smoke test)")
     ap.add_argument("--out", default=str(RESULTS / "rep.csv"))
     args = ap.parse_args(argv)
     if args.quick:
         args.scale, args.imgsz, args.rounds, args.warmup, args.reps = "n", 320, 3, 1, 1
+    if args.clock == "cpu" and args.threads != 1:
+        ap.error("--clock cpu measures the calling thread only: use it with --threads 1")
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     import ultralytics
     from ultralytics.utils.torch_utils import get_flops
@@ -275,6 +287,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "imgsz": args.imgsz,
         "rounds": args.rounds,
         "reps": args.reps,
+        "clock": args.clock,
     }
     rows: list[dict] = []
 
@@ -310,7 +323,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 raise ValueError(f"unknown backend {be!r}")
             print(f"timing {be}: {args.warmup} warm-up + {args.rounds} rounds x {len(runners)} variants x {args.reps} "
                   "reps ...", flush=True)  # fmt: skip
-            times = run_rounds(runners, args.rounds, args.warmup, args.reps)
+            times = run_rounds(runners, args.rounds, args.warmup, args.reps, clock)
             for v in VARIANTS:
                 row("latency_ms", be, v, round(1000 * statistics.median(times[v]), 2),
                     round(1000 * min(times[v]), 2), round(1000 * max(times[v]), 2), len(times[v]), "ms")  # fmt: skip
@@ -329,8 +342,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     write_atomic(out, write_csv)
     title = (
-        f"yw_ext RepVL-PAN: {args.scale} @ {args.imgsz}, {args.threads} threads, {meta['device']}\ntorch "
-        f"{meta['torch']}, ultralytics {meta['ultralytics']}, onnxruntime {ort_version}, {meta['date']}"
+        f"yw_ext RepVL-PAN: {args.scale} @ {args.imgsz}, {args.threads} thread(s), {args.clock} clock, "
+        f"{meta['device']}\ntorch {meta['torch']}, ultralytics {meta['ultralytics']}, onnxruntime {ort_version}, "
+        f"{meta['date']}"
     )
     plot(rows, out.with_suffix(".png"), title)
     print(f"\n{'kind':<11}{'backend':<13}{'name':<32}{'value':>10}  spread")

@@ -115,7 +115,8 @@ def main() -> None:
             mosaic=0.0, close_mosaic=0, val=False, project=str(d / "runs"), name="train", **NO_AUGMENT, **common,
         )  # fmt: skip
         train_s = time.perf_counter() - t0
-        after = yw_ext.YOLOWorld(str(model.trainer.best)).val(data=str(data), project=str(d / "runs"), name="after", **common)
+        best = yw_ext.YOLOWorld(str(model.trainer.best))
+        after = best.val(data=str(data), project=str(d / "runs"), name="after", **common)
         row = dict(
             date=datetime.datetime.now().isoformat(timespec="seconds"), ultralytics=ultralytics.__version__,
             torch=torch.__version__, device=args.device, threads=torch.get_num_threads(), model=args.model,

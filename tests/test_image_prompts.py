@@ -306,3 +306,29 @@ def test_cli_prompt_images(clip_env, bus, tmp_path, capsys):
         entrypoint(["val", "model=yw-v2-n.yaml", f"prompt_images=bus:{bus}"])
     with pytest.raises(SystemExit, match="apply to image prompts"):
         entrypoint(["predict", "model=yw-v2-n.yaml", "classes=bus", "alpha=0.5"])
+
+
+def test_val_restores_image_prompt_bookkeeping(monkeypatch, tiny_clip_file, tmp_path, coco128):
+    """Standalone val swaps in the dataset's names and puts back the image-prompt vocabulary exactly."""
+    monkeypatch.setenv("YW_CLIP", str(tiny_clip_file))
+    from ultralytics.utils import ASSETS
+
+    model = yw_ext.YOLOWorld("yw-v2-n.yaml")
+    model.set_classes(["bus"], images={"bus": (ASSETS / "bus.jpg", [0, 200, 800, 800])})
+    before = (model.model.class_sources, model.model.image_encoder_id, model.model.txt_feats.clone())
+    subset = tmp_path / "sub"
+    for split in ("images", "labels"):
+        (subset / split).mkdir(parents=True)
+    for im in sorted((coco128 / "images" / "val2017").glob("*.jpg"))[:2]:
+        (subset / "images" / im.name).symlink_to(im)
+        lab = coco128 / "labels" / "val2017" / (im.stem + ".txt")
+        if lab.exists():
+            (subset / "labels" / lab.name).symlink_to(lab)
+    data = tmp_path / "d.yaml"
+    import yaml
+
+    names = yaml.safe_load((coco128 / "coco128.yaml").read_text())["names"]
+    data.write_text(yaml.safe_dump({"path": str(subset), "train": "images", "val": "images", "names": names}))
+    model.val(data=str(data), imgsz=64, batch=2, workers=0, plots=False, verbose=False)
+    assert model.model.class_sources == before[0] and model.model.image_encoder_id == before[1]
+    assert torch.equal(model.model.txt_feats, before[2]) and model.vocabulary == ["bus"]

@@ -65,10 +65,10 @@ def _plain_head_cfg() -> dict:
 
 
 def _vocab(k: int, g: int, seed: int = 1) -> tuple[list[str], torch.Tensor]:
-    """K names and (K, G, D) unit embeddings where class i has ``1 + i % g`` distinct prompts (rest: padding)."""
+    """K names and (K, G, D) unit embeddings where class i has ``G - i % G`` distinct prompts (rest: padding)."""
     e = F.normalize(torch.randn(k, g, 512, generator=torch.Generator().manual_seed(seed)), dim=-1)
     for i in range(k):
-        e[i, 1 + i % g :] = e[i, 0]  # padded by repeating the first prompt, as pad_prompts does
+        e[i, g - i % g :] = e[i, 0]  # padded by repeating the first prompt, as pad_prompts does
     return [f"class{i}" for i in range(k)], e
 
 
@@ -88,8 +88,8 @@ def bus(assets) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1))).float()[None] / 255
 
 
-def _neck_outputs(model: YWDetectionModel, x: torch.Tensor) -> list[torch.Tensor]:
-    """The feature maps the head receives (outputs of the layers it reads), for a forward of ``x``."""
+def _neck_outputs(model: YWDetectionModel, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple]:
+    """The feature maps the head receives (outputs of the layers it reads) and the model's output, for ``x``."""
     outs, hooks = {}, []
     for i in model.model[-1].f:
         hooks.append(model.model[i].register_forward_hook(lambda m, inp, out, i=i: outs.__setitem__(i, out)))
@@ -260,8 +260,7 @@ def test_onnx_has_no_text_math_and_matches(tmp_path, bus):
     ops = _op_counts(proto)
     assert ops["MatMul"] == ops["Einsum"] == ops["Gemm"] == 0, ops
     assert ops["ReduceMax"] == 4 + 1  # one per RepC2fAttn (a single chunk at P = 14) + the synonym max
-    inputs = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    assert inputs == ["images"]
+    assert [i.name for i in proto.graph.input] == ["images"]  # the vocabulary is in the weights, not an input
     sess = ort.InferenceSession(str(tmp_path / "folded.onnx"), providers=["CPUExecutionProvider"])
     (y_ort,) = sess.run(None, {"images": bus.numpy()})
     with torch.no_grad():
@@ -367,6 +366,8 @@ def test_no_vocabulary_raises():
     with pytest.raises(RuntimeError, match="no vocabulary.*set_classes"):
         reparameterize(m)
     assert not m.folded and isinstance(m.model[-1], WorldDetect)  # nothing changed
+    with pytest.raises(RuntimeError, match="no vocabulary"):
+        yw_ext.YOLOWorld("yw-v2-n.yaml").reparameterize()
 
 
 def test_ultralytics_checkpoint_counts_as_vocabulary():

@@ -142,14 +142,15 @@ def check_grounding(img_path: str | Path, json_file: str | Path, max_errors: int
             ann = json.load(f)
     except json.JSONDecodeError as e:
         raise GroundingDataError(f"grounding JSON '{json_file}' is not valid JSON: {e}") from e
-    if not isinstance(ann, dict) or not isinstance(ann.get("images"), list) or not isinstance(ann.get("annotations"), list):
+    if not (isinstance(ann, dict) and isinstance(ann.get("images"), list) and isinstance(ann.get("annotations"), list)):
         raise GroundingDataError(
             f"grounding JSON '{json_file}' must be an object with 'images' and 'annotations' lists (mdetr format)."
         )
     errors: list[str] = []
     images: dict[int, dict] = {}
     for i, im in enumerate(ann["images"]):
-        missing = [k for k in ("id", "file_name", "height", "width", "caption") if not isinstance(im, dict) or k not in im]
+        keys = ("id", "file_name", "height", "width", "caption")
+        missing = [k for k in keys if not isinstance(im, dict) or k not in im]
         if missing:
             errors.append(f"images[{i}] lacks {missing}")
             continue
@@ -202,6 +203,7 @@ def check_grounding(img_path: str | Path, json_file: str | Path, max_errors: int
     if used and not found:
         example = images[next(iter(used))]["file_name"]
         raise FileNotFoundError(
-            f"none of the {len(used)} annotated images of '{json_file}' are in '{img_path}' (e.g. '{img_path / example}')."
+            f"none of the {len(used)} annotated images of '{json_file}' are in '{img_path}' "
+            f"(e.g. '{img_path / example}')."
         )
     return {"images": len(images), "annotations": len(ann["annotations"]), "found": found}

@@ -57,7 +57,9 @@ class TrainingMode:
             ModeNotAvailableError: the mode is registered as unavailable, or its trainer cannot be imported.
         """
         if self.unavailable:
-            raise ModeNotAvailableError(f"training mode '{self.name}' ({self.description}) is not available: {self.unavailable}")
+            raise ModeNotAvailableError(
+                f"training mode '{self.name}' ({self.description}) is not available: {self.unavailable}"
+            )
         if isinstance(self.trainer, str):
             module, _, attr = self.trainer.partition(":")
             try:

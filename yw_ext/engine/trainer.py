@@ -3,9 +3,12 @@
 ``YWTrainer`` is Ultralytics' ``WorldTrainerFromScratch`` (itself a ``WorldTrainer``) with:
 
 - ``get_model`` building a ``YWDetectionModel`` (upstream hard-codes ``WorldModel``);
-- text embeddings from yw_ext's CLIP encoder (``$YW_CLIP``) and its on-disk cache (upstream hard-codes
+- text embeddings from the model's text encoder as ``YWDetectionModel.encode_text`` resolves it (``$YW_CLIP``, else
+  the text tower that came with the weights, else ``load_clip()``) and yw_ext's on-disk cache (upstream hard-codes
   ``clip:ViT-B/32`` and a ``text_embeddings_clip_ViT-B_32.pt`` file next to the images), gathered per batch by
   index instead of one tensor per text;
+- a fixed-vocabulary subclass for re-parameterised fine-tuning lives in ``yw_ext.engine.rep_trainer``; modes are
+  picked in ``yw_ext.engine.modes``;
 - class texts: a dataset YAML's ``text_json`` (official ``[["person", "human"], ...]`` format) or ``/``-separated
   names; training samples one prompt per class per image plus negatives, validation uses all prompts (max);
 - the EMA model (which is validated and saved as best.pt / last.pt) gets the dataset vocabulary, names plus
@@ -178,7 +181,9 @@ class YWTrainer(WorldTrainerFromScratch):
             datasets = [
                 build_yw_dataset(self.args, p, batch, self.training_data[p], stride=gs)
                 if isinstance(p, str)
-                else build_grounding(self.args, p["img_path"], p["json_file"], batch, stride=gs, max_samples=self.data["nc"])
+                else build_grounding(
+                    self.args, p["img_path"], p["json_file"], batch, stride=gs, max_samples=self.data["nc"]
+                )
                 for p in img_path
             ]
         else:

@@ -46,7 +46,7 @@ class YWValidator(DetectionValidator):
         if list(model.names.values()) == names and (model.class_prompts or [[n] for n in names]) == prompts:
             return super().__call__(trainer, model)
         state = (list(model.names.values()), model.txt_feats, model.prompts_per_class, model.class_prompts,
-                 model.text_encoder_id)
+                 model.text_encoder_id, getattr(model, "class_sources", None), getattr(model, "image_encoder_id", None))
         from yw_ext.vocab import pad_prompts
 
         flat, g = pad_prompts(prompts)
@@ -55,4 +55,4 @@ class YWValidator(DetectionValidator):
         try:
             return super().__call__(trainer, model)
         finally:
-            model.set_vocabulary(state[0], state[1][0], state[2], state[3], state[4])
+            model.set_vocabulary(*state[:1], state[1][0], *state[2:])

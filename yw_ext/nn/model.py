@@ -157,8 +157,22 @@ class YWDetectionModel(DetectionModel):
         if getattr(self, "criterion", None) is None:
             self.criterion = self.init_criterion()
         if preds is None:
-            preds = self.forward(batch["img"], txt_feats=batch["txt_feats"])
+            txt = batch.get("txt_feats")  # None: the model's own vocabulary (validation loss), synonyms reduced
+            preds = self.forward(batch["img"], txt_feats=txt) if txt is not None else self.forward(batch["img"])
+        self._sync_criterion(preds)
         return self.criterion(preds, batch)
+
+    def _sync_criterion(self, preds: Any) -> None:
+        """Match the loss's class count to the score channels (K varies with the vocabulary; Ultralytics reads it once)."""
+        raw = preds[1] if isinstance(preds, tuple) else preds
+        c = self.criterion
+        if not isinstance(raw, dict) or "scores" not in raw or not hasattr(c, "nc"):
+            return
+        n = raw["scores"].shape[1]
+        if c.nc != n:
+            c.nc, c.no = n, n + c.reg_max * 4
+            if hasattr(getattr(c, "assigner", None), "num_classes"):
+                c.assigner.num_classes = n
 
     # --------------------------------------------------------------- vocabulary
     @property
