@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +88,9 @@ def cpu_name() -> str:
 
 
 def build_models(scale: str, ks: tuple[int, ...], seed: int = 0) -> dict[str, YWDetectionModel]:
-    """Original and folded models with the same random weights for each vocabulary size K.
+    """Original and folded models with the same random weights for each vocabulary size K, Conv+BN fused.
+
+    Fused as Ultralytics' predictor (``AutoBackend``) and exporter fuse them before inference.
 
     Examples:
         >>> models = build_models("n", (3,))  # doctest: +SKIP
@@ -101,10 +104,10 @@ def build_models(scale: str, ks: tuple[int, ...], seed: int = 0) -> dict[str, YW
         emb = F.normalize(torch.randn(k, base.embed_dim, generator=torch.Generator().manual_seed(seed + k)), dim=-1)
         m = copy.deepcopy(base)
         m.set_classes([f"class{i}" for i in range(k)], embeddings=emb)
-        models[f"original_k{k}"] = m
         f = copy.deepcopy(m)
         reparameterize(f)
-        models[f"folded_k{k}"] = f
+        models[f"original_k{k}"] = m.fuse(verbose=False)
+        models[f"folded_k{k}"] = f.fuse(verbose=False)
     return models
 
 
@@ -147,7 +150,7 @@ def timed(fn, clock=time.perf_counter) -> float:
 
 
 def run_rounds(
-    runners: dict[str, callable], rounds: int, warmup: int, reps: int = 1, clock=time.perf_counter
+    runners: dict[str, Callable[[], object]], rounds: int, warmup: int, reps: int = 1, clock=time.perf_counter
 ) -> dict[str, list[float]]:
     """Time every runner once per round (fastest of ``reps`` runs), in alternating order, after ``warmup`` rounds.
 
@@ -219,7 +222,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.set_xticklabels([n.replace("/", "\n/ ") for n in names], fontsize=7)
     ax.set_ylabel("median of per-round latency ratios")
     ax.set_title("Ratios (bars: min..max over rounds)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
     ax = axes[1]
     for j, be in enumerate(backends):
         sel = {r["name"]: r for r in lat if r["backend"] == be}
@@ -229,7 +232,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.set_xticklabels(VARIANTS, fontsize=8)
     ax.set_ylabel("median latency, ms (compare only within a run)")
     ax.set_title("Latency (same run)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     write_atomic(path, lambda p: fig.savefig(p, dpi=110, format="png"))
@@ -288,6 +291,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "rounds": args.rounds,
         "reps": args.reps,
         "clock": args.clock,
+        "env": " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(("MALLOC_", "OMP_", "MKL_"))),
     }
     rows: list[dict] = []
 

@@ -214,7 +214,7 @@ def test_rep_modules_have_no_text_input():
         m.set_guide(torch.zeros(5, 64))
 
 
-def test_training_mode_returns_dict_and_synonym_max():
+def test_training_mode_and_decoding_paths():
     m = _model("yw-v2-n.yaml", 3, 2)
     f = copy.deepcopy(m)
     reparameterize(f)
@@ -223,6 +223,9 @@ def test_training_mode_returns_dict_and_synonym_max():
     assert set(out) == {"boxes", "scores", "feats"} and out["scores"].shape == (1, 3, 84)  # K, not K * G
     with torch.no_grad():
         assert (f(x)[1]["scores"] - m(x)[1]["scores"]).abs().max().item() <= 1e-4
+        y_fast = f(x)[0]  # RepWorldDetect._inference writes the scores into the output
+    y_ref = f(x)[0]  # autograd on: Detect's own decoding
+    assert y_ref.requires_grad and torch.equal(y_ref.detach(), y_fast)
 
 
 # ---------------------------------------------------------------------------------------------------- ONNX

@@ -265,8 +265,9 @@ def test_modes_registry():
     with pytest.raises(ValueError, match=r"unknown training mode 'nope'; modes: finetune.*prompt") as e:
         model.train(data="coco128.yaml", mode="nope")
     assert isinstance(e.value, UnknownModeError)
-    with pytest.raises(NotImplementedError, match="prompt tuning"):
-        model.train(data="coco128.yaml", mode="prompt")
+    from yw_ext.engine.prompt_trainer import YWPromptTrainer
+
+    assert get_trainer("prompt") is YWPromptTrainer  # available (tests/test_prompt_tuning.py)
     with pytest.raises(NotImplementedError, match="image-prompt"):
         model.train(data="coco128.yaml", mode="image_prompt")
     with pytest.raises(ValueError, match="either trainer"):

@@ -5,6 +5,8 @@ Examples:
     yw predict model=yw-v2-s.yaml source=images/ classes="person,car|automobile" conf=0.1
     yw val model=best.pt data=coco128.yaml
     yw train model=l data=coco128.yaml epochs=1 imgsz=320
+    yw train model=best.pt data=coco128.yaml mode=prompt init=text adapter=False epochs=20
+    yw embed texts="person,car|automobile" out=vocab.npz          # or json=class_texts.json; out=x.npy: bare array
 
 ``classes`` is a comma-separated vocabulary; ``|`` separates synonyms of one class (first = name). ``clip`` picks
 the CLIP weights (OpenAI ``.pt`` file or Hugging Face folder; default ``$YW_CLIP``), ``embeddings`` a ``.npy``
@@ -28,9 +30,7 @@ from typing import Any
 
 MODES = ("predict", "train", "val", "export")
 LATER = {  # modes whose features land with their own issues
-    "embed": "writing prompt embeddings (prompt tuning)",
     "bench": "benchmarks (run `python benchmarks/<script>.py` meanwhile)",
-    "demo": "the web demo",
 }
 USAGE = __doc__
 
@@ -135,6 +135,26 @@ def run(argv: list[str]) -> Any:
         out = convert_cli(cargs)
         print(f"yw convert: wrote {out}")
         return out
+    if mode == "embed":  # yw embed texts="a,b|b2,c" | json=class_texts.json [out=vocab.npz] [clip=...]
+        from yw_ext.prompts import embed_texts
+
+        eargs = parse_args(rest)  # checks key=value; the text values are taken verbatim below
+        raw = {k.strip(): v for k, v in (t.split("=", 1) for t in rest)}
+        eargs.update({k: v for k, v in raw.items() if k in {"texts", "json", "out", "clip"}})
+        unknown = set(eargs) - {"texts", "json", "out", "clip", "batch"}
+        if unknown:
+            raise SystemExit(f"yw embed: unknown argument(s) {sorted(unknown)}; use texts= or json=, out=, clip=.")
+        out = embed_texts(eargs.get("texts"), out=eargs.get("out", "vocab.npz"), json=eargs.get("json"),
+                          clip=eargs.get("clip"), batch=int(eargs.get("batch", 256)))
+        print(f"yw embed: wrote {out}")
+        return out
+    if mode == "demo":  # yw demo [model=l] [port=7860] [host=127.0.0.1] [clip=...] [conf=0.25]: local web page
+        from yw_ext.demo import launch
+
+        try:
+            return launch(**parse_args(rest))
+        except ImportError as e:  # Gradio not installed: the message says how to install it
+            raise SystemExit(f"yw demo: {e}") from None
     if mode not in MODES:
         raise SystemExit(f"yw: unknown mode '{mode}'. Modes: {', '.join(MODES)}. See 'yw help'.")
     args = parse_args(rest)

@@ -52,6 +52,7 @@ import re
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: n
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 __all__ = ("launch", "build_demo", "Demo", "save_prompts", "load_prompts", "parse_prompt_lines", "PROMPT_FORMAT")
 
@@ -472,6 +474,8 @@ class Demo:
             random = str(self.model_name).lower().endswith((".yaml", ".yml"))
             lines.append(f"**Model**: `{self.model_name}` ({type(m).__name__}, text width {getattr(m, 'embed_dim', '?')})"
                          + (" - *random weights (an architecture YAML): detections are meaningless*" if random else ""))
+        else:
+            lines.append("**Model**: missing")
         lines.append(f"**CLIP**: {self.clip_info}")
         lines += self.problems
         return "  \n".join(lines)
@@ -553,7 +557,7 @@ class Demo:
         plot = r.plot()[..., ::-1]  # BGR -> RGB
         sources = getattr(self.model.model, "class_sources", None) or []
         kinds = ", ".join(f"{n} ({s})" for n, s in zip(names, sources)) if sources else ", ".join(names)
-        status = (f"{len(rows)} detection{'s' if len(rows) != 1 else ''} in {_name_of(image)} "
+        status = (f"{_plural(len(rows), 'detection')} in {_name_of(image)} "
                   f"({im.shape[1]} x {im.shape[0]}), {dt * 1000:.0f} ms. Classes: {kinds}.")
         return np.ascontiguousarray(plot), rows, status
 
@@ -574,8 +578,8 @@ class Demo:
             names = self._vocabulary(classes, prompts, im, reference, uploads, alpha, margin)
             path = save_prompts(self.model, self.out_dir / f"prompts_{_slug(names)}.npz")
             g = self.model.model.prompts_per_class
-        return path, f"Prompt file written: `{path.name}` ({len(names)} classes x {g} prompt(s), " \
-                     f"{self.model.model.txt_feats.shape[-1]}-d)."
+        d = self.model.model.txt_feats.shape[-1]
+        return path, f"Prompt file written: `{path.name}` ({_plural(len(names), 'class')} x {_plural(g, 'prompt')}, {d}-d)."
 
     def export_onnx(self, classes: str | None, prompts: str | None = None, image: str | None = None,
                     reference: str | None = None, uploads: list[str] | None = None, alpha: float | None = 0.5,
@@ -605,7 +609,9 @@ class Demo:
         try:
             folded.reparameterize()
             folded.model.pt_path = str(self.out_dir / f"{tmp_stem}.pt")  # the exporter names its output after it
-            f = folded.export(format="onnx", imgsz=self.imgsz, verbose=False)
+            with warnings.catch_warnings():  # the tracer's notes on Python conditionals are not for the user
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                f = folded.export(format="onnx", imgsz=self.imgsz, verbose=False)
         except Exception as e:  # noqa: BLE001 - any failure of the (still evolving) fold/export is reported
             raise RuntimeError(f"the folded ONNX export failed: {type(e).__name__}: {e}") from e
         src = Path(str(f))
@@ -613,7 +619,13 @@ class Demo:
             raise RuntimeError(f"the folded ONNX export failed: the exporter returned {f!r}, which is not a file.")
         dst = self.out_dir / f"{stem}.onnx"
         os.replace(src, dst)
-        return dst, f"Folded ONNX model written: `{dst.name}` ({len(names)} classes, {dst.stat().st_size / 1e6:.1f} MB)."
+        return dst, (f"Folded ONNX model written: `{dst.name}` ({_plural(len(names), 'class')}, "
+                     f"{dst.stat().st_size / 1e6:.1f} MB).")
+
+
+def _plural(n: int, word: str) -> str:
+    """``3 classes``, ``1 class``."""
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
 
 
 def _slug(names: list[str], limit: int = 40) -> str:
@@ -686,8 +698,8 @@ def build_demo(demo: Demo, examples: list[str] | None = None):
             fn = demo.export_prompts if kind == "prompts" else demo.export_onnx
             path, status = fn(classes, prompts, image, reference, uploads, alpha, margin)
         except Exception as e:  # noqa: BLE001 - shown in the page
-            return None, fail(e)
-        return str(path), status
+            return gr.update(), fail(e)
+        return gr.update(value=str(path), visible=True), status
 
     def _table(rows):
         import pandas as pd
@@ -716,8 +728,8 @@ def build_demo(demo: Demo, examples: list[str] | None = None):
                                           elem_id="yw-uploads", height=200)
                     with gr.Row():
                         alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Text weight alpha", elem_id="yw-alpha",
-                                          info="For classes with a name and image prompts: n(alpha*text + "
-                                               "(1-alpha)*image).")
+                                          info="For classes with a name and image prompts: "
+                                               "n(α · text + (1 − α) · image).")
                         margin = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Box margin", elem_id="yw-margin",
                                            info="Context around exemplar boxes, as a fraction of the box size.")
                 with gr.Row():
@@ -732,7 +744,7 @@ def build_demo(demo: Demo, examples: list[str] | None = None):
                 with gr.Row():
                     export_npz = gr.Button("Export prompt file (.npz)", elem_id="yw-export-prompts")
                     export_onnx = gr.Button("Export folded ONNX", elem_id="yw-export-onnx")
-                download = gr.File(label="Exported file", interactive=False, elem_id="yw-download")
+                download = gr.File(label="Exported file", interactive=False, elem_id="yw-download", visible=False)
         page = [image, classes, prompts, reference, uploads]
         run.click(on_detect, inputs=[*page, conf, iou, alpha, margin], outputs=[output, table, status])
         classes.submit(on_detect, inputs=[*page, conf, iou, alpha, margin], outputs=[output, table, status])

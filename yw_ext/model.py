@@ -270,6 +270,33 @@ class YOLOWorld(Model):
 
         return restoring()
 
+    def export(self, **kwargs: Any) -> str:
+        """Export for deployment (ONNX, TensorRT, OpenVINO, ...); the model itself is not changed.
+
+        A fixed vocabulary is folded into the weights of a copy first (one input ``images``, a plain detector graph);
+        ``dynamic_vocab=True`` keeps the text path with a second input ``txt_feats`` ``(1 or B, P, D)``. Files are
+        written atomically. See ``yw_ext.export`` for every argument.
+
+        Args:
+            **kwargs: Ultralytics export arguments (``format``, ``imgsz``, ``dynamic``, ``nms``, ``quantize`` /
+                ``half`` / ``int8``, ``data``, ...) and yw_ext's (``dynamic_vocab``, ``out``, ``trt_nms``,
+                ``prompts``, ``max_prompts``, ``default_vocab``, ``calib_images``).
+
+        Returns:
+            (str): Path of the exported file or folder.
+
+        Examples:
+            >>> model = YOLOWorld("yw-v2-n.yaml")
+            >>> model.set_classes(["person", "bus"], embeddings=torch.randn(2, 512))
+            >>> model.export(format="onnx", dynamic=True, imgsz=320)  # doctest: +SKIP
+            'yw-v2-n.onnx'
+            >>> model.export(format="onnx", dynamic_vocab=True, nms=True)  # doctest: +SKIP
+            'yw-v2-n_dynvocab.onnx'
+        """
+        from yw_ext.export import export_model
+
+        return export_model(self, **kwargs)
+
     def reparameterize(self, partial_v1: bool = False) -> YOLOWorld:
         """Fold the current vocabulary exactly into the neck and head weights (RepVL-PAN), in place.
 
@@ -291,6 +318,57 @@ class YOLOWorld(Model):
         """The current class names."""
         return list(self.model.names.values())
 
+    def save_prompts(self, path: str | Path) -> Path:
+        """Write the current vocabulary as a prompt file (``.npz``, atomically; see ``yw_ext.prompts``).
+
+        Holds names, embeddings (``(K, D)`` or ``(K, G, D)`` with synonyms), class prompts and sources, the encoder
+        identities, and for prompt-tuned vocabularies the raw embeddings, adapter weights and the detector reference
+        (checkpoint path and hash of its tensors).
+
+        Raises:
+            ValueError: no vocabulary set, or the model is re-parameterised.
+
+        Examples:
+            >>> model = YOLOWorld("yw-v2-n.yaml")
+            >>> _ = model.set_classes(["person", "bus"], embeddings=torch.randn(2, 512))
+            >>> model.save_prompts("vocab.npz")  # doctest: +SKIP
+            PosixPath('vocab.npz')
+        """
+        from yw_ext.prompts import save_model_prompts
+
+        self._check_is_pytorch_model()
+        return save_model_prompts(self.model, path)
+
+    def load_prompts(self, path: str | Path, names: list[str] | None = None) -> YOLOWorld:
+        """Use a prompt file (``save_prompts``, ``yw embed``, prompt tuning) as the vocabulary.
+
+        The embeddings go through ``set_vocabulary``, so predict, val, ``reparameterize()`` and export use them.
+        A file tuned with another detector (its recorded hash differs) loads with a warning.
+
+        Args:
+            path: The ``.npz`` prompt file.
+            names: Display names to use instead of the file's (same number of classes).
+
+        Returns:
+            self, for chaining.
+
+        Raises:
+            yw_ext.prompts.PromptFileError (a ValueError): not a prompt file, embedding width not the model's, ``names``
+                of another length, NaN/inf values.
+            FileNotFoundError: no such file.
+
+        Examples:
+            >>> model = YOLOWorld("best.pt")  # doctest: +SKIP
+            >>> model.load_prompts("runs/detect/train/weights/best_prompts.npz")  # doctest: +SKIP
+            >>> model.predict("bus.jpg")  # doctest: +SKIP
+        """
+        from yw_ext.prompts import apply_prompts
+
+        self._check_is_pytorch_model()
+        apply_prompts(self.model, path, names=names)
+        self.predictor = None  # the next predict builds a predictor with the new names
+        return self
+
     # ---------------------------------------------------------------- training / validation
     def train(self, trainer: Any = None, mode: str | None = None, grounding_data: Any = None, **kwargs: Any):
         """Train with Ultralytics' trainer machinery (same arguments: ``data``, ``epochs``, ``imgsz``, ``freeze``...).
@@ -301,9 +379,13 @@ class YOLOWorld(Model):
             grounding_data: Grounding datasets (mdetr JSON, e.g. Flickr30k / GQA) trained together with ``data`` to
                 keep zero-shot ability: ``{"img_path": ..., "json_file": ...}`` or a list of them.
             **kwargs: Ultralytics training arguments. ``data`` may name a ``text_json`` class-text file in its YAML.
+                With ``mode="prompt"`` also ``init`` (``"text"``, ``"image"``, ``"vocabulary"``, ``"random"`` or a
+                ``.npy`` / ``.npz`` path) and ``adapter`` (bool): see ``yw_ext.engine.prompt_trainer``.
 
         Returns:
             Validation metrics of best.pt (``DetMetrics``); the model is then best.pt, with the dataset vocabulary.
+            With ``mode="prompt"`` the model keeps its detector, unchanged, and takes the vocabulary of
+            ``weights/best_prompts.npz`` (no ``.pt`` is written).
 
         Raises:
             ValueError: unknown ``mode`` (the message lists the modes); class-text JSON of the wrong length; bad
@@ -315,6 +397,7 @@ class YOLOWorld(Model):
             >>> model.train(data="coco128.yaml", epochs=1, imgsz=320)  # doctest: +SKIP
             >>> model.train(data="coco128.yaml", grounding_data=[{"img_path": "flickr/images",
             ...             "json_file": "flickr/final_flickr_separateGT_train.json"}], freeze=10)  # doctest: +SKIP
+            >>> model.train(data="coco128.yaml", mode="prompt", init="random", adapter=True)  # doctest: +SKIP
         """
         from yw_ext.engine.grounding import mixed_data
         from yw_ext.engine.modes import get_trainer
@@ -322,6 +405,16 @@ class YOLOWorld(Model):
         if trainer is not None and mode is not None:
             raise ValueError("give either trainer=... or mode=..., not both.")
         trainer = trainer or get_trainer(mode)
+        if getattr(trainer, "tunes_prompts", False):  # mode="prompt": the detector stays this very object, unchanged
+            from yw_ext.engine.prompt_trainer import train_prompts
+
+            if grounding_data is not None:
+                raise ValueError("mode='prompt' tunes the embeddings of the dataset's classes; grounding_data needs "
+                                 "the text path of mode='finetune'.")
+            return train_prompts(self, trainer, **kwargs)
+        for key in ("init", "adapter"):
+            if key in kwargs:
+                raise ValueError(f"{key}= applies to prompt tuning: use mode='prompt' (or drop {key}=).")
         if grounding_data is not None:
             kwargs["data"] = mixed_data(kwargs.get("data") or self.overrides.get("data"), grounding_data)
         had_ckpt = self.ckpt

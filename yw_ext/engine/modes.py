@@ -153,8 +153,8 @@ def _rep_trainer_or_reason() -> tuple[Any, str | None]:
 register_mode("finetune", "yw_ext.engine.trainer:YWTrainer", description="fine-tune all weights (default)")
 register_mode(
     "prompt",
+    "yw_ext.engine.prompt_trainer:YWPromptTrainer",
     description="prompt tuning: class embeddings train, detector frozen",
-    unavailable="prompt tuning lands with its own issue; use mode='finetune' (optionally with freeze=...) meanwhile.",
 )
 register_mode(
     "image_prompt",

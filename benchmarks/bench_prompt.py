@@ -1,0 +1,261 @@
+# yw_ext, AGPL-3.0 license
+"""Cost of a prompt-tuning step against a full fine-tuning step on the same batch (time and peak memory).
+
+Both steps are ``zero_grad`` + loss (forward) + backward + AdamW step on the same fixed batch of COCO128 images
+(linked into a temporary folder, never copied) with the same 80 class embeddings:
+
+- full fine-tuning: every detector weight trains, the model in train mode (``YWTrainer``'s set-up: the batch's
+  embeddings given as ``txt_feats``);
+- prompt tuning: ``yw_ext.engine.prompt_trainer.PromptTuningModel`` (detector frozen and in eval mode, backbone
+  under ``no_grad``, only the 80 x 512 embeddings train).
+
+Time: interleaved A/B pairs in one process (order alternating pair to pair, after warm-up steps), reported as the
+median of the pairwise ratios prompt / full (target <= 0.75). Peak memory: each variant runs in its own subprocess;
+on CPU the peak resident set size during the steps (Linux ``VmHWM`` reset through ``/proc/self/clear_refs`` before
+the steps, minus ``VmRSS`` at that point), on CUDA ``torch.cuda.max_memory_allocated``. Results are appended to
+``benchmarks/results/prompt.csv`` (written atomically) with the versions, device and thread count.
+
+Examples:
+    python benchmarks/bench_prompt.py
+    python benchmarks/bench_prompt.py --model yw-v2-s.yaml --imgsz 320 --batch 8 --pairs 15 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+
+import torch  # noqa: E402
+
+COLUMNS = ("date", "ultralytics", "torch", "device", "cpu", "threads", "model", "imgsz", "batch", "classes", "pairs",
+           "full_ms", "prompt_ms", "ratio_median", "ratio_p25", "ratio_p75", "full_peak_mb", "prompt_peak_mb",
+           "memory_ratio", "memory_method")  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------- set-up
+def linked_batch(coco128: Path, root: Path, n: int, imgsz: int) -> dict:
+    """A collated batch of the first ``n`` labelled COCO128 images (linked into ``root``), letterboxed to ``imgsz``."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import YOLODataset
+    from ultralytics.utils import YAML
+
+    for sub in ("images", "labels"):
+        (root / sub / "train").mkdir(parents=True, exist_ok=True)
+    labels = coco128 / "labels" / "train2017"
+    images = [p for p in sorted((coco128 / "images" / "train2017").glob("*.jpg"))
+              if (labels / f"{p.stem}.txt").is_file()]  # fmt: skip
+    for im in images[:n]:
+        (root / "images" / "train" / im.name).symlink_to(im)
+        (root / "labels" / "train" / f"{im.stem}.txt").symlink_to(labels / f"{im.stem}.txt")
+    names = YAML.load(coco128 / "coco128.yaml")["names"]
+    data = {"names": names, "nc": len(names), "channels": 3}
+    ds = YOLODataset(img_path=str(root / "images" / "train"), imgsz=imgsz, augment=False,
+                     hyp=get_cfg(overrides=dict(imgsz=imgsz)), data=data, task="detect", batch_size=n)  # fmt: skip
+    batch = YOLODataset.collate_fn([ds[i] for i in range(len(ds))])
+    batch["img"] = batch["img"].float() / 255
+    return batch
+
+
+def make_steps(model_cfg: str, batch: dict, device: str, seed: int = 0) -> dict:
+    """Build the two training set-ups; returns ``{"full": step_fn, "prompt": step_fn}`` (each one optimiser step)."""
+    from ultralytics.cfg import get_cfg
+
+    from yw_ext.engine.prompt_trainer import PromptTuningModel
+    from yw_ext.engine.trainer import class_criterion
+    from yw_ext.nn.model import YWDetectionModel
+
+    torch.manual_seed(seed)
+    k = 80
+    names = [f"class{i}" for i in range(k)]
+    emb = torch.nn.functional.normalize(torch.randn(k, 512), dim=-1)  # (K, D)
+    batch = {key: (v.to(device) if isinstance(v, torch.Tensor) else v) for key, v in batch.items()}
+    hyp = get_cfg()
+
+    detector = YWDetectionModel(model_cfg, verbose=False)
+    detector.set_vocabulary(names, emb, 1)
+
+    full = YWDetectionModel(model_cfg, verbose=False)  # same weights as the detector, all trainable
+    full.load_state_dict(detector.state_dict())
+    full.set_vocabulary(names, emb, 1)
+    full = full.to(device).train()
+    full.requires_grad_(True)
+    for n, p in full.named_parameters():
+        if ".dfl" in n:
+            p.requires_grad_(False)  # Ultralytics always freezes the DFL projection
+    full.args = hyp
+    full.criterion = class_criterion(full, k)
+    full_batch = {**batch, "txt_feats": emb.to(device)[None].expand(batch["img"].shape[0], -1, -1)}  # (B, K, D)
+    full_opt = torch.optim.AdamW([p for p in full.parameters() if p.requires_grad], lr=1e-4, weight_decay=5e-4)
+
+    prompt = PromptTuningModel.from_detector(detector, emb, names).to(device)
+    prompt.args = hyp
+    prompt.criterion = class_criterion(prompt, k)
+    prompt.train()
+    prompt_opt = torch.optim.AdamW(prompt.prompt.parameters(), lr=2e-3, weight_decay=0.0)
+
+    def step(model, opt, b):
+        def run():
+            opt.zero_grad(set_to_none=True)
+            loss, _ = model.loss(b)
+            loss.sum().backward()
+            opt.step()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+
+        return run
+
+    return {"full": step(full, full_opt, full_batch), "prompt": step(prompt, prompt_opt, batch)}
+
+
+# --------------------------------------------------------------------------------------------------------- memory
+def _status(key: str) -> int:
+    """A ``/proc/self/status`` value in bytes (``VmRSS``, ``VmHWM``); 0 where unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    """Subprocess entry: peak memory of ``args.memory_child`` steps; prints one JSON line."""
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="yw_bench_prompt_mem_") as d:
+        batch = linked_batch(Path(args.coco128), Path(d), args.batch, args.imgsz)
+        run = make_steps(args.model, batch, args.device)[args.memory_child]
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            for _ in range(3):
+                run()
+            peak, method = torch.cuda.max_memory_allocated() - base, "cuda max_memory_allocated - allocated before"
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (the peak RSS) to the current RSS
+                method = "VmHWM (reset) - VmRSS before the steps"
+            except OSError:
+                method = "ru_maxrss - VmRSS before the steps (peak not reset: includes set-up)"
+            base = _status("VmRSS")
+            for _ in range(3):
+                run()
+            peak = _status("VmHWM") - base
+    print(json.dumps({"peak_mb": peak / 2**20, "method": method}))
+
+
+def measure_memory(args: argparse.Namespace, variant: str) -> dict:
+    """Run ``memory_child`` for ``variant`` in a fresh interpreter."""
+    cmd = [sys.executable, __file__, "--memory-child", variant, "--model", args.model, "--imgsz", str(args.imgsz),
+           "--batch", str(args.batch), "--threads", str(args.threads), "--device", args.device,
+           "--coco128", args.coco128]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "YOLO_VERBOSE": "False"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------------------- output
+def write_csv_atomic(path: Path, rows: list[dict]) -> None:
+    """Append ``rows`` to the CSV at ``path`` (rewritten through a temporary file and ``os.replace``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = list(csv.DictReader(path.open())) if path.is_file() else []
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(old + rows)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cpu_name() -> str:
+    """The CPU model name (Linux), else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    """Parse arguments, time interleaved pairs, measure memory, print and record."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--coco128", default=str(ROOT.parent / "shared" / "data" / "coco128"))
+    ap.add_argument("--model", default="yw-v2-n.yaml")
+    ap.add_argument("--imgsz", type=int, default=320)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--pairs", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--csv", default=str(ROOT / "benchmarks" / "results" / "prompt.csv"))
+    ap.add_argument("--memory-child", choices=("full", "prompt"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        return memory_child(args)
+
+    import ultralytics
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="yw_bench_prompt_") as d:
+        batch = linked_batch(Path(args.coco128), Path(d), args.batch, args.imgsz)
+    steps = make_steps(args.model, batch, args.device)
+    for _ in range(args.warmup):
+        steps["full"]()
+        steps["prompt"]()
+    times = {"full": [], "prompt": []}
+    for i in range(args.pairs):
+        order = ("full", "prompt") if i % 2 == 0 else ("prompt", "full")
+        for name in order:
+            t = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - t)
+    ratios = sorted(p / f for p, f in zip(times["prompt"], times["full"]))
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    del steps
+    mem = {v: measure_memory(args, v) for v in ("full", "prompt")}
+    row = dict(
+        date=datetime.datetime.now().isoformat(timespec="seconds"), ultralytics=ultralytics.__version__,
+        torch=torch.__version__, device=args.device, cpu=cpu_name(), threads=args.threads, model=args.model,
+        imgsz=args.imgsz, batch=args.batch, classes=80, pairs=args.pairs,
+        full_ms=round(1000 * statistics.median(times["full"]), 1),
+        prompt_ms=round(1000 * statistics.median(times["prompt"]), 1),
+        ratio_median=round(statistics.median(ratios), 3), ratio_p25=round(q[0], 3), ratio_p75=round(q[2], 3),
+        full_peak_mb=round(mem["full"]["peak_mb"], 1), prompt_peak_mb=round(mem["prompt"]["peak_mb"], 1),
+        memory_ratio=round(mem["prompt"]["peak_mb"] / max(mem["full"]["peak_mb"], 1e-9), 3),
+        memory_method=mem["full"]["method"],
+    )  # fmt: skip
+    write_csv_atomic(Path(args.csv), [row])
+    verdict = "OK" if row["ratio_median"] <= 0.75 else "ABOVE TARGET"
+    print(f"\n{args.model} {args.imgsz}px batch {args.batch}, {args.device}, {args.threads} thread(s), "
+          f"{args.pairs} pairs:")
+    print(f"  full fine-tuning step {row['full_ms']} ms, prompt-tuning step {row['prompt_ms']} ms (medians)")
+    print(f"  prompt / full = {row['ratio_median']} (median of pairwise ratios; IQR {row['ratio_p25']}-"
+          f"{row['ratio_p75']}; target <= 0.75: {verdict})")
+    print(f"  peak memory of the steps: full {row['full_peak_mb']} MB, prompt {row['prompt_peak_mb']} MB "
+          f"({row['memory_ratio']}x; {row['memory_method']})")
+    print(f"  written to {args.csv}")
+
+
+if __name__ == "__main__":
+    main()

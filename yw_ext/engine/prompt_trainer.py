@@ -1,0 +1,700 @@
+"""Prompt tuning (``mode="prompt"``): learnable class embeddings trained against a frozen detector.
+
+As the official ``SimpleYOLOWorldDetector`` prompt-tuning recipe: the class embeddings (``K x D``; ``K * G x D``
+when classes keep G synonym prompts, score = max over them) are the only trainable tensors, optionally followed by a
+residual MLP adapter (``adapter=True``: ``Linear(D, 2D)``, ReLU, ``Linear(2D, D)``, residual, L2 normalisation).
+Because the detector never changes, every other vocabulary keeps exactly its zero-shot outputs, and the result of a
+run is a small prompt file (``weights/best_prompts.npz`` and ``weights/last_prompts.npz``, see ``yw_ext.prompts``)
+that names the detector it was tuned with (path and SHA-256 of its tensors), not a copy of the detector.
+
+How the detector stays bitwise frozen through Ultralytics' trainer:
+
+- the trainer trains a ``PromptTuningModel``: a deep copy of the detector (class switched, tensors identical) with
+  the prompts as the submodule ``prompt``; every detector parameter has ``requires_grad=False`` and
+  ``args.freeze`` names every detector layer, so ``BaseTrainer._setup_train`` (which re-enables gradients on
+  non-frozen parameters) leaves them frozen and its ``_model_train`` keeps their BatchNorm in eval;
+- ``PromptTuningModel.train()`` keeps every detector module in eval mode (BatchNorm uses and never updates its
+  running statistics); only the head's ``training`` flag follows ``mode``, which selects raw predictions for the
+  loss and changes no tensor;
+- the optimizer holds the prompt tensors only (``build_optimizer``), the EMA averages the prompt tensors only
+  (``PromptEMA``), and ``save_model`` writes prompt files instead of ``best.pt`` / ``last.pt``;
+- the backbone (every layer before the first text-consuming layer) runs under ``torch.no_grad``.
+
+Initialisation (``init=``): ``"text"`` (default: CLIP text of the dataset's class texts, synonyms kept),
+``"image"`` (the model's current image-prompt embeddings, see ``set_classes(images=...)``), ``"vocabulary"`` (the
+model's current vocabulary, e.g. a loaded prompt file), ``"random"`` (normal, L2-normalised, seeded by ``seed``) or
+a path to a ``.npy`` ``(K, D)`` / ``(K, G, D)`` array or a prompt file ``.npz`` (its adapter too when
+``adapter=True``). Optimiser: AdamW (``optimizer="auto"``), ``lr0=2e-3`` unless given, no weight decay on the
+embeddings (the adapter's weights take ``weight_decay``), no gradient accumulation unless ``nbs`` is given.
+Resume and multi-GPU (DDP) training are not supported in this mode.
+
+Examples:
+    >>> from yw_ext import YOLOWorld
+    >>> model = YOLOWorld("best.pt")  # a trained detector  # doctest: +SKIP
+    >>> model.train(data="coco128.yaml", mode="prompt", epochs=20, init="text")  # doctest: +SKIP
+    >>> model.train(data="coco128.yaml", mode="prompt", adapter=True, init="random")  # doctest: +SKIP
+    >>> model.save_prompts("coco_prompts.npz")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import tempfile
+from collections import defaultdict
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from ultralytics.data import build_yolo_dataset
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.nn.modules import C2fAttn, ImagePoolingAttn, WorldDetect
+from ultralytics.utils import LOGGER, RANK
+from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
+
+from yw_ext.engine.dataset import class_texts, display_names
+from yw_ext.engine.grounding import is_mixed
+from yw_ext.engine.trainer import YWTrainer, class_criterion, set_ema_vocabulary
+from yw_ext.nn.model import YWDetectionModel
+from yw_ext.prompts import PromptEmbeddings, apply_prompts, detector_hash, read_prompt_file, write_prompt_file
+from yw_ext.vocab import check_embeddings, pad_prompts
+
+INITS = ("text", "image", "vocabulary", "random")
+DEFAULT_LR = 2e-3  # the official prompt-tuning base_lr (AdamW)
+PROMPT_SOURCE = "prompt"  # class_sources value of tuned embeddings
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The model trained in prompt mode
+# ----------------------------------------------------------------------------------------------------------------------
+class PromptTuningModel(YWDetectionModel):
+    """A frozen ``YWDetectionModel`` whose class embeddings come from a learnable ``PromptEmbeddings`` (``prompt``).
+
+    Build it with ``from_detector`` (a deep copy: the given detector is never modified). Its forward, loss and
+    validation use ``prompt()`` as the vocabulary (``(K * G, D)``, scores reduced to K classes by the max over each
+    class's G prompts); ``txt_feats`` is only refreshed by ``sync_vocabulary``.
+
+    Attributes:
+        prompt (PromptEmbeddings): The learnable embeddings (and adapter).
+
+    Examples:
+        >>> det = YWDetectionModel("yw-v2-n.yaml", verbose=False)
+        >>> m = PromptTuningModel.from_detector(det, torch.randn(2, 512), ["cat", "dog"])
+        >>> [n for n, p in m.named_parameters() if p.requires_grad]
+        ['prompt.embeddings']
+        >>> y = m.eval()(torch.zeros(1, 3, 64, 64))[0]  # (B, 4 + K, anchors)
+        >>> tuple(y.shape)
+        (1, 6, 84)
+    """
+
+    prompt: PromptEmbeddings
+
+    @classmethod
+    def from_detector(
+        cls,
+        detector: YWDetectionModel,
+        embeddings: torch.Tensor,
+        names: list[str],
+        prompts_per_class: int = 1,
+        adapter: bool = False,
+        adapter_state: dict | None = None,
+        class_prompts: list[list[str]] | None = None,
+        encoder_id: str | None = None,
+    ) -> PromptTuningModel:
+        """A frozen copy of ``detector`` with learnable class embeddings.
+
+        Args:
+            detector: The trained detector (copied, not modified).
+            embeddings: Initial embeddings ``(K * G, D)``.
+            names: K class names.
+            prompts_per_class: G.
+            adapter: Add the residual MLP adapter.
+            adapter_state: Adapter tensors to start from (``adapter.0.weight`` ...).
+            class_prompts: Each class's text prompts (recorded in the vocabulary).
+            encoder_id: Identity of the text encoder whose space the embeddings live in.
+
+        Raises:
+            TypeError: ``detector`` is not a ``YWDetectionModel``.
+            ValueError: the detector is re-parameterised, or the embeddings do not fit it.
+        """
+        if isinstance(detector, PromptTuningModel):
+            detector = detector.to_detector()
+        if not isinstance(detector, YWDetectionModel):
+            raise TypeError(f"prompt tuning needs a yw_ext YWDetectionModel, got {type(detector).__name__}.")
+        if getattr(detector, "folded", False):
+            raise ValueError(
+                "this model is re-parameterised (its vocabulary is folded into its weights): it has no text path for "
+                "prompts. Prompt-tune the unfolded model, then reparameterize() with the tuned vocabulary."
+            )
+        k, g = len(names), int(prompts_per_class)
+        if embeddings.dim() != 2 or embeddings.shape != (k * g, detector.embed_dim):
+            raise ValueError(f"initial embeddings must be ({k * g}, {detector.embed_dim}) for {k} classes x {g} "
+                             f"prompts, got {tuple(embeddings.shape)}.")
+        model = deepcopy(detector)  # the caller's detector is never touched
+        model.__class__ = cls  # same tensors, same modules: only the vocabulary handling below changes
+        model.requires_grad_(False)
+        model.prompt = PromptEmbeddings(embeddings.to(next(detector.parameters()).device), adapter=adapter)
+        if adapter_state is not None:
+            model.prompt.load_adapter_state(adapter_state)
+        model.criterion = None
+        model.set_vocabulary(names, embeddings.detach().cpu().float(), g, class_prompts, encoder_id,
+                             [PROMPT_SOURCE] * k)
+        model.sync_vocabulary()
+        model.train(False)
+        return model
+
+    # ----------------------------------------------------------------------------------------------------- modes
+    def train(self, mode: bool = True) -> PromptTuningModel:
+        """Keep the detector in eval mode (BatchNorm frozen) whatever ``mode``; the prompts follow ``mode``.
+
+        The head's own ``training`` flag follows ``mode`` (raw predictions for the loss vs decoded boxes); it selects
+        an output format and changes no tensor. Its submodules (convolutions, BatchNorm) stay in eval mode.
+        """
+        super().train(False)  # nn.Module.train: every submodule in eval mode
+        self.training = mode
+        head = self.model[-1]
+        head.training = mode
+        self.prompt.train(mode)
+        return self
+
+    def _first_text_layer(self) -> int | None:
+        """Index of the first layer that consumes the class embeddings (everything before it is text-free)."""
+        for i, m in enumerate(self.model):
+            if isinstance(m, (C2fAttn, ImagePoolingAttn, WorldDetect)):
+                return i
+        return None
+
+    @contextlib.contextmanager
+    def _backbone_no_grad(self):
+        """Run the layers before the first text-consuming layer under ``torch.no_grad``; restore the mode after."""
+        first = self._first_text_layer()
+        state = torch.is_grad_enabled()
+        if not state or not first:
+            yield
+            return
+
+        def off(module, args):  # a pre-hook must return None (a value would replace the layer's input)
+            torch.set_grad_enabled(False)
+
+        def on(module, args):
+            torch.set_grad_enabled(state)
+
+        handles = [self.model[0].register_forward_pre_hook(off), self.model[first].register_forward_pre_hook(on)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            torch.set_grad_enabled(state)
+
+    # ---------------------------------------------------------------------------------------------------- forward
+    def predict(self, x: torch.Tensor, profile: bool = False, augment: bool = False, embed: list | None = None,
+                txt_feats: torch.Tensor | None = None, visualize: bool = False):
+        """As ``YWDetectionModel.predict``, with ``prompt()`` as the vocabulary when no ``txt_feats`` are given.
+
+        Returns:
+            As the parent, with scores reduced to K classes (max over each class's G prompts).
+        """
+        if txt_feats is not None:
+            return super().predict(x, profile, augment, embed, txt_feats, visualize)
+        tf = self.prompt()  # (K * G, D)
+        with self._backbone_no_grad():
+            out = super().predict(x, profile, augment, embed, tf, visualize)
+        if embed or self.prompts_per_class == 1:
+            return out
+        return self._max_over_prompts(out)
+
+    # ------------------------------------------------------------------------------------------------- vocabulary
+    @torch.no_grad()
+    def sync_vocabulary(self) -> None:
+        """Copy the current ``prompt()`` output into ``txt_feats`` (the vocabulary other code reads)."""
+        self.txt_feats = self.prompt().detach().float().cpu()[None]  # (1, K * G, D)
+
+    def detector_state_dict(self) -> dict[str, torch.Tensor]:
+        """The detector's parameters and buffers (the state dict without ``prompt.*``)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("prompt.")}
+
+    @torch.no_grad()
+    def prompt_arrays(self) -> dict[str, Any]:
+        """What a prompt file stores of the prompts: ``embeddings`` / ``raw_embeddings`` ``(K * G, D)``, ``adapter``."""
+        return {
+            "embeddings": self.prompt().detach().float().cpu(),
+            "raw_embeddings": self.prompt.embeddings.detach().float().cpu(),
+            "adapter": self.prompt.adapter_state(),
+        }
+
+    def to_detector(self) -> YWDetectionModel:
+        """A plain ``YWDetectionModel`` copy (detector tensors identical) with the current prompts as its vocabulary."""
+        arrays = self.prompt_arrays()
+        det = deepcopy(self)
+        del det.prompt
+        det.__class__ = YWDetectionModel
+        det.criterion = None
+        det.train(False)
+        det.set_vocabulary(list(self.names.values()), arrays["embeddings"], self.prompts_per_class, self.class_prompts,
+                           self.text_encoder_id, self.class_sources, getattr(self, "image_encoder_id", None))
+        return det
+
+
+class PromptEMA(ModelEMA):
+    """Ultralytics' ``ModelEMA`` restricted to the prompt tensors: the detector copy inside is never updated.
+
+    (Averaging a frozen tensor with itself, ``d * v + (1 - d) * v``, is not bitwise ``v`` in floating point.)
+
+    Examples:
+        >>> det = YWDetectionModel("yw-v2-n.yaml", verbose=False)
+        >>> m = PromptTuningModel.from_detector(det, torch.randn(2, 512), ["a", "b"])
+        >>> ema = PromptEMA(m)
+        >>> ema.update(m)  # only ema.ema.prompt changes
+    """
+
+    def update(self, model: nn.Module) -> None:
+        """EMA-update ``prompt.*`` from ``model``."""
+        if not self.enabled:
+            return
+        self.updates += 1
+        d = self.decay(self.updates)
+        src = unwrap_model(model).prompt.state_dict()
+        with torch.no_grad():
+            for k, v in self.ema.prompt.state_dict().items():
+                if v.dtype.is_floating_point:
+                    v.mul_(d).add_(src[k].detach(), alpha=1 - d)
+
+
+@contextlib.contextmanager
+def _quiet(prefix: str):
+    """Drop Ultralytics log records starting with ``prefix`` (one "Freezing layer" line per detector tensor)."""
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not str(record.getMessage()).startswith(prefix)
+
+    f = _Drop()
+    LOGGER.addFilter(f)
+    try:
+        yield
+    finally:
+        LOGGER.removeFilter(f)
+
+
+def _check_init(init: Any) -> Any:
+    """Validate ``init=`` early (before any dataset scan): a known word or an existing finite ``.npy`` / ``.npz``."""
+    if isinstance(init, (str, Path)) and str(init).strip().lower() in INITS:
+        return str(init).strip().lower()
+    if isinstance(init, (str, Path)) and Path(str(init)).suffix.lower() in {".npy", ".npz"}:
+        p = Path(str(init))
+        if not p.is_file():
+            raise FileNotFoundError(f"init='{p}': no such embeddings file.")
+        if p.suffix.lower() == ".npy":
+            try:
+                arr = np.load(p, allow_pickle=False)
+            except Exception as e:
+                raise ValueError(f"init='{p}' is not a readable .npy array: {e}") from e
+            if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+                raise ValueError(f"init='{p}': the embeddings contain NaN or inf values (or are not numeric).")
+        else:
+            read_prompt_file(p)  # format, sizes and finiteness
+        return p
+    raise ValueError(
+        f"init={init!r}: use one of {', '.join(repr(i) for i in INITS)} or a .npy (K, D) / .npz prompt file path."
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------------------------------
+class YWPromptTrainer(YWTrainer):
+    """Prompt-tuning trainer: Ultralytics' training loop with only the class embeddings (and adapter) trainable.
+
+    Extra arguments (taken out of ``overrides`` before Ultralytics checks them): ``init`` (default ``"text"``) and
+    ``adapter`` (default False); see the module docstring.
+
+    Attributes:
+        prompt_init: The resolved ``init``.
+        prompt_adapter (bool): Whether the adapter is trained.
+        detector_path (str | None): Checkpoint the detector came from (written into the prompt files).
+        detector_sha256 (str | None): ``yw_ext.prompts.detector_hash`` of the frozen detector.
+
+    Examples:
+        >>> args = dict(model="best.pt", data="coco128.yaml", init="random", epochs=30)
+        >>> trainer = YWPromptTrainer(overrides=args)  # doctest: +SKIP
+        >>> trainer.train()  # doctest: +SKIP
+        >>> trainer.best  # doctest: +SKIP
+        PosixPath('runs/detect/train/weights/best_prompts.npz')
+    """
+
+    tunes_prompts = True  # YOLOWorld.train hands this trainer to yw_ext.engine.prompt_trainer.train_prompts
+
+    def __init__(self, cfg=None, overrides: dict | None = None, _callbacks: dict | None = None):
+        """Take ``init`` / ``adapter`` out of the overrides, set prompt-tuning defaults, then initialise as usual."""
+        overrides = dict(overrides or {})
+        self.prompt_init = _check_init(overrides.pop("init", "text"))
+        adapter = overrides.pop("adapter", False)
+        if not isinstance(adapter, bool):
+            raise ValueError(f"adapter must be True or False, got {adapter!r}.")
+        self.prompt_adapter = adapter
+        if overrides.get("resume"):
+            raise ValueError("resume is not supported with mode='prompt'; start a new run with "
+                             "init='<last_prompts.npz>' to continue from a prompt file.")
+        if is_mixed(overrides.get("data")):
+            raise ValueError("mode='prompt' tunes the embeddings of a dataset's classes; grounding data has no fixed "
+                             "classes. Use a detection dataset (data='...yaml').")
+        if overrides.get("optimizer") in (None, "auto"):
+            overrides["optimizer"] = "AdamW"
+        overrides.setdefault("lr0", DEFAULT_LR)
+        batch = overrides.get("batch")
+        if "nbs" not in overrides and isinstance(batch, int) and batch >= 1:
+            overrides["nbs"] = batch  # no gradient accumulation (the official recipe), unless nbs is given
+        self.detector_path: str | None = None
+        self.detector_sha256: str | None = None
+        self.init_info: dict = {}
+        self._detector_src: YWDetectionModel | None = None
+        self._detector_written = False
+        super().__init__(cfg, overrides, _callbacks)
+        if self.world_size > 1:
+            raise ValueError("mode='prompt' trains on one device; multi-GPU (DDP) prompt tuning is not supported.")
+        self.last, self.best = self.wdir / "last_prompts.npz", self.wdir / "best_prompts.npz"
+
+    # ------------------------------------------------------------------------------------------------------- data
+    def build_dataset(self, img_path, mode: str = "train", batch: int | None = None):
+        """Plain detection datasets: every image sees the full K-class vocabulary (the learnable embeddings)."""
+        gs = max(int(unwrap_model(self.model).stride.max() if self.model else 0), 32)
+        return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val", stride=gs)
+
+    def preprocess_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Images to the device; no per-image texts (the model takes its embeddings from ``prompt()``)."""
+        batch = DetectionTrainer.preprocess_batch(self, batch)
+        batch.pop("txt_feats", None)
+        return batch
+
+    def plot_training_labels(self) -> None:
+        """Plot label statistics of the detection data."""
+        DetectionTrainer.plot_training_labels(self)
+
+    # ------------------------------------------------------------------------------------------------------ model
+    def initial_embeddings(self, src: YWDetectionModel) -> tuple[torch.Tensor, int, str | None, dict | None]:
+        """Initial embeddings for the dataset's classes from ``init``.
+
+        Returns:
+            (embeddings (K * G, D), G, text encoder id, adapter state or None).
+
+        Raises:
+            ValueError: ``init="image"`` / ``"vocabulary"`` without a matching vocabulary on the model; a file of the
+                wrong class count / width / names, or with NaN.
+        """
+        names, prompts = display_names(self.data), class_texts(self.data)
+        if self.args.single_cls:
+            names, prompts = names[:1], prompts[:1]
+        k, d = len(names), src.embed_dim
+        init = self.prompt_init
+        self.init_info = {"init": str(init)}
+        if isinstance(init, Path):
+            if init.suffix.lower() == ".npy":
+                emb, g = check_embeddings(init, k, d)
+                return emb, g, None, None
+            p = read_prompt_file(init)
+            if p["dim"] != d:
+                raise ValueError(f"init='{init}' holds {p['dim']}-d embeddings but this model expects {d}-d.")
+            if p["names"] != names:
+                raise ValueError(f"init='{init}' holds classes {p['names'][:5]}... ({len(p['names'])}), not the "
+                                 f"dataset's {names[:5]}... ({k}); a prompt file initialises the same classes in the "
+                                 "same order.")
+            if self.prompt_adapter and p["adapter"] is not None:
+                return p["raw_embeddings"], p["prompts_per_class"], p["text_encoder_id"], p["adapter"]
+            return p["embeddings"], p["prompts_per_class"], p["text_encoder_id"], None
+        if init == "text":
+            flat, g = pad_prompts(prompts)
+            emb, encoder_id = src.encode_text(flat)
+            return emb.float().cpu(), g, encoder_id, None
+        if init == "random":
+            gen = torch.Generator().manual_seed(int(self.args.seed))
+            emb = nn.functional.normalize(torch.randn(k, d, generator=gen), dim=-1)  # (K, D), as officially
+            return emb, 1, None, None
+        # "image" / "vocabulary": the model's current vocabulary, matched by class name
+        what = "image-prompt embeddings" if init == "image" else "vocabulary"
+        if not getattr(src, "vocab_set", False):
+            raise ValueError(
+                f"init='{init}' starts from the model's current {what}, but the model has no vocabulary set. "
+                + ("Set image prompts first: model.set_classes(names, images={name: [exemplars]}) for every dataset "
+                   "class." if init == "image" else "Set one first (set_classes / load_prompts), or use init='text'.")
+            )
+        have = [str(n) for n in dict(src.names).values()]
+        gm = int(src.prompts_per_class)
+        missing = [n for n in names if n not in have]
+        if missing:
+            raise ValueError(f"init='{init}': the model's vocabulary has no class {missing[0]!r} "
+                             f"({len(missing)} of the dataset's {k} classes are missing); its classes are {have[:10]}.")
+        idx = [have.index(n) for n in names]
+        if init == "image":
+            sources = list(getattr(src, "class_sources", None) or ["embedding"] * len(have))
+            no_image = [n for n, i in zip(names, idx) if "image" not in sources[i]]
+            if no_image:
+                raise ValueError(
+                    f"init='image': class {no_image[0]!r} (and {len(no_image) - 1} more) has no image-prompt embedding "
+                    f"(its source is {sources[have.index(no_image[0])]!r}). Give every dataset class exemplars with "
+                    "model.set_classes(names, images=...), or use init='vocabulary' / 'text'."
+                )
+        emb = src.txt_feats.detach().float().cpu()[0].view(len(have), gm, d)[idx].reshape(k * gm, d)
+        return emb, gm, src.text_encoder_id, None
+
+    def get_model(self, cfg=None, weights=None, verbose: bool = True) -> PromptTuningModel:
+        """A ``PromptTuningModel``: a frozen copy of ``weights`` with learnable embeddings for the dataset's classes.
+
+        Args:
+            cfg: Model YAML / dict, used only when there are no weights (a random detector: a warning is logged).
+            weights: The trained detector (module or checkpoint dict); it is copied, never modified.
+            verbose: Unused (the detector is not rebuilt).
+        """
+        src = (weights.get("ema") or weights.get("model")) if isinstance(weights, dict) else weights
+        if src is None:
+            LOGGER.warning("prompt tuning a detector built from a YAML with random weights: load a trained detector.")
+            src = YWDetectionModel(cfg if cfg is not None else self.args.model, ch=self.data["channels"], nc=80,
+                                   verbose=False)
+        if not isinstance(src, YWDetectionModel):
+            raise TypeError(f"prompt tuning needs a yw_ext model, got {type(src).__name__}.")
+        if isinstance(src, PromptTuningModel):
+            src = src.to_detector()
+        if getattr(src, "folded", False):
+            raise ValueError(
+                "this model is re-parameterised (its vocabulary is folded into its weights), so it has no text path "
+                "to tune prompts for. Prompt-tune the unfolded model, then reparameterize()."
+            )
+        src = src.float() if next(src.parameters()).dtype != torch.float32 else src
+        emb, g, encoder_id, adapter_state = self.initial_embeddings(src)
+        names = display_names(self.data) if not self.args.single_cls else [self.data["names"][0]]
+        prompts = class_texts(self.data) if not self.args.single_cls else [class_texts(self.data)[0]]
+        model = PromptTuningModel.from_detector(src, emb, names, g, self.prompt_adapter, adapter_state, prompts,
+                                                encoder_id)
+        self.detector_sha256 = detector_hash(src)
+        self._detector_src = src  # a reference (not a copy): written as weights/detector.pt if it has no file
+        m = str(self.args.model)
+        if Path(m).suffix.lower() in {".pt", ".pth"} and Path(m).is_file():
+            self.detector_path = str(Path(m).resolve())
+        hooks = self.callbacks["on_pretrain_routine_end"]
+        for h in [h for h in hooks if h is set_ema_vocabulary or getattr(h, "__module__", "").startswith(
+                "ultralytics.models.yolo.world")]:  # fmt: skip
+            hooks.remove(h)  # the EMA copy carries the prompts: no text vocabulary is set on it
+        return model
+
+    def set_model_attributes(self) -> None:
+        """Names, args and the K-class loss (the head reports K * G prompt channels, the model returns K)."""
+        model = unwrap_model(self.model)
+        names = display_names(self.data) if not self.args.single_cls else [self.data["names"][0]]
+        model.names = dict(enumerate(names))
+        model.args = self.args
+        model.criterion = class_criterion(model, len(model.names))
+
+    def _setup_train(self) -> None:
+        """Ultralytics' set-up with every detector layer frozen; then the prompt-only EMA; then a frozen-ness check."""
+        model = unwrap_model(self.model)
+        if self.args.freeze not in (None, 0, []):
+            LOGGER.warning(f"freeze={self.args.freeze} is ignored with mode='prompt': the whole detector is frozen.")
+        self.args.freeze = list(range(len(model.model)))  # BaseTrainer keeps these frozen (and their BatchNorm in eval)
+        with _quiet("Freezing layer"):
+            super()._setup_train()
+        self.ema = PromptEMA(self.model)
+        trainable = [n for n, p in unwrap_model(self.model).named_parameters() if p.requires_grad]
+        bad = [n for n in trainable if not n.startswith("prompt.")]
+        if bad:  # a guard: nothing above should have re-enabled a detector gradient
+            raise RuntimeError(f"prompt tuning: detector tensors became trainable: {bad[:5]}")
+        LOGGER.info(f"prompt tuning: {sum(p.numel() for p in unwrap_model(self.model).prompt.parameters())} trainable "
+                    f"values ({', '.join(trainable)}); the detector is frozen (sha256 {self.detector_sha256[:12]}...)")
+
+    def build_optimizer(self, model, name: str = "auto", lr: float = 0.001, momentum: float = 0.9, decay: float = 1e-5,
+                        iterations: float = 1e5):
+        """An optimizer over the prompt tensors only: embeddings without weight decay, adapter weights with ``decay``.
+
+        ``name="auto"`` means AdamW (the official prompt-tuning optimizer). Adam, Adamax, AdamW, NAdam, RAdam use
+        ``betas=(momentum, 0.999)``; RMSProp and SGD use ``momentum``.
+
+        Raises:
+            NotImplementedError: an optimizer name not listed above.
+        """
+        prompt = unwrap_model(model).prompt
+        groups = [{"params": [prompt.embeddings], "weight_decay": 0.0, "param_group": "prompt"}]
+        if prompt.adapter is not None:
+            groups.append({"params": [p for n, p in prompt.adapter.named_parameters() if n.endswith("weight")],
+                           "weight_decay": decay, "param_group": "weight"})
+            groups.append({"params": [p for n, p in prompt.adapter.named_parameters() if n.endswith("bias")],
+                           "weight_decay": 0.0, "param_group": "adapter_bias"})  # not "bias": no warmup_bias_lr
+        name = "AdamW" if name in (None, "auto") else name
+        optimizers = {"Adam": torch.optim.Adam, "Adamax": torch.optim.Adamax, "AdamW": torch.optim.AdamW,
+                      "NAdam": torch.optim.NAdam, "RAdam": torch.optim.RAdam}  # fmt: skip
+        if name in optimizers:
+            optimizer = optimizers[name](groups, lr=lr, betas=(momentum, 0.999))
+        elif name == "RMSProp":
+            optimizer = torch.optim.RMSprop(groups, lr=lr, momentum=momentum)
+        elif name == "SGD":
+            optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+        else:
+            raise NotImplementedError(f"optimizer '{name}' is not supported for prompt tuning; use AdamW (default), "
+                                      "Adam, Adamax, NAdam, RAdam, RMSProp or SGD.")
+        LOGGER.info(f"optimizer: {type(optimizer).__name__}(lr={lr}) over the prompt tensors only: embeddings "
+                    f"(decay=0.0)" + (f", adapter weights (decay={decay}), adapter biases (decay=0.0)"
+                                      if prompt.adapter is not None else ""))
+        return optimizer
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def _write_detector(self) -> None:
+        """When the detector has no checkpoint file (built in memory), write it once as ``weights/detector.pt``.
+
+        The file holds the frozen detector as it was given (float32, its exact tensors, its own vocabulary), so the
+        prompt files can name a file.
+        """
+        if self.detector_path or self._detector_written or self._detector_src is None:
+            return
+        det = deepcopy(self._detector_src).float().eval()
+        det.criterion = None
+        path = self.wdir / "detector.pt"
+        ckpt = {"model": det, "train_args": {}, "date": datetime.datetime.now().isoformat(),
+                "note": "frozen detector of a yw_ext prompt-tuning run (float32)"}  # fmt: skip
+        fd, tmp = tempfile.mkstemp(prefix=".detector.pt.", suffix=".tmp", dir=self.wdir)
+        os.close(fd)
+        try:
+            torch.save(ckpt, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        self.detector_path = str(path.resolve())
+        self._detector_written = True
+
+    def write_prompts(self, path: Path, model: PromptTuningModel | None = None) -> Path:
+        """Write ``model``'s (default: the EMA model's) prompts as a prompt file naming the frozen detector."""
+        import ultralytics
+
+        import yw_ext
+
+        model = model or (self.ema.ema if self.ema else unwrap_model(self.model))
+        arrays = model.prompt_arrays()
+        meta = {
+            **self.init_info,
+            "adapter": self.prompt_adapter,
+            "epoch": int(self.epoch) + 1 if getattr(self, "epoch", None) is not None else None,
+            "fitness": None if self.fitness is None else float(self.fitness),
+            "best_fitness": None if self.best_fitness is None else float(self.best_fitness),
+            "data": str(self.args.data),
+            "imgsz": self.args.imgsz,
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "yw_ext": getattr(yw_ext, "__version__", ""),
+            "ultralytics": ultralytics.__version__,
+            "torch": torch.__version__,
+        }
+        return write_prompt_file(
+            path, list(model.names.values()), arrays["embeddings"], model.prompts_per_class,
+            class_prompts=model.class_prompts, class_sources=[PROMPT_SOURCE] * len(model.names),
+            text_encoder_id=model.text_encoder_id, adapter=arrays["adapter"],
+            raw_embeddings=arrays["raw_embeddings"] if arrays["adapter"] else None,  # without adapter: = embeddings
+            detector=self.detector_path, detector_sha256=self.detector_sha256, meta=meta,
+        )  # fmt: skip
+
+    def save_model(self) -> bool:
+        """Write ``last_prompts.npz`` (and ``best_prompts.npz`` when fitness improved) instead of ``.pt`` checkpoints.
+
+        The detector is frozen, so it is not copied into every checkpoint; the prompt files name it (path and hash).
+        A detector without a checkpoint file is written once as ``weights/detector.pt``.
+        """
+        self._write_detector()
+        self.write_prompts(self.last)
+        if self.best_fitness == self.fitness:
+            self.write_prompts(self.best)
+        if self.save_period > 0 and self.epoch % self.save_period == 0:
+            self.write_prompts(self.wdir / f"epoch{self.epoch}_prompts.npz")
+        return True
+
+    def final_eval(self):
+        """Validate the frozen detector with the best prompt file (as Ultralytics validates best.pt)."""
+        f = self.best if self.best.exists() else self.last
+        if not f.exists():
+            return
+        det = unwrap_model(self.model).to_detector()
+        apply_prompts(det, f, check_detector=False)
+        LOGGER.info(f"\nValidating {f} (prompts) on the frozen detector...")
+        self.validator.args.plots = self.args.plots
+        self.validator.args.compile = False
+        self.metrics = self.validator(model=det)
+        self.metrics.pop("fitness", None)
+        self.epoch += 1  # log best metrics at step epochs+1, as Ultralytics
+        self.run_callbacks("on_fit_epoch_end")
+        self.epoch -= 1
+
+    def _handle_nan_recovery(self, epoch: int) -> bool:
+        """On a NaN/inf loss or fitness, restore the prompts from ``last_prompts.npz`` (optimizer state reset)."""
+        loss_nan = self.loss is not None and not self.loss.isfinite()
+        fitness_nan = self.fitness is not None and not np.isfinite(self.fitness)
+        if not (loss_nan or fitness_nan):
+            return False
+        reason = "Loss NaN/Inf" if loss_nan else "Fitness NaN/Inf"
+        if epoch == self.start_epoch or not self.last.exists():
+            LOGGER.warning(f"{reason} detected but no prompt file to recover from yet...")
+            return False
+        self.nan_recovery_attempts += 1
+        if self.nan_recovery_attempts > 3:
+            raise RuntimeError(f"Training failed: NaN persisted for {self.nan_recovery_attempts} epochs")
+        LOGGER.warning(f"{reason} detected (attempt {self.nan_recovery_attempts}/3), recovering from {self.last}...")
+        p = read_prompt_file(self.last)
+        for m in (unwrap_model(self.model), self.ema.ema):
+            with torch.no_grad():
+                raw = p["raw_embeddings"] if p["raw_embeddings"] is not None else p["embeddings"]
+                m.prompt.embeddings.copy_(raw.to(m.prompt.embeddings.device))
+                if p["adapter"] is not None and m.prompt.adapter is not None:
+                    m.prompt.load_adapter_state(p["adapter"])
+        self.optimizer.state = defaultdict(dict)
+        self.scheduler.last_epoch = epoch - 1
+        return True
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# YOLOWorld.train(mode="prompt")
+# ----------------------------------------------------------------------------------------------------------------------
+def train_prompts(yolo: Any, trainer: type = YWPromptTrainer, **kwargs: Any):
+    """Run prompt tuning for a ``yw_ext.YOLOWorld`` (what ``YOLOWorld.train(mode="prompt")`` calls).
+
+    Like Ultralytics' ``Model.train`` (same arguments), except that the model keeps its detector object, unchanged:
+    afterwards its vocabulary is the best prompt file's (``yolo.load_prompts(trainer.best)``).
+
+    Args:
+        yolo: The ``YOLOWorld``.
+        trainer: The trainer class (``YWPromptTrainer`` or a subclass).
+        **kwargs: Ultralytics training arguments plus ``init`` and ``adapter``.
+
+    Returns:
+        The final validation metrics (``DetMetrics``).
+
+    Raises:
+        ValueError: bad ``init`` / ``adapter``, ``resume``, grounding data, a re-parameterised model, no vocabulary
+            for ``init="image"``.
+
+    Examples:
+        >>> from yw_ext import YOLOWorld
+        >>> model = YOLOWorld("best.pt")  # doctest: +SKIP
+        >>> metrics = train_prompts(model, data="coco128.yaml", epochs=20, init="text")  # doctest: +SKIP
+        >>> model.vocabulary[:2]  # doctest: +SKIP
+        ['person', 'bicycle']
+    """
+    from ultralytics.cfg import TASK2DATA
+    from ultralytics.utils import DEFAULT_CFG_DICT, YAML, checks
+
+    yolo._check_is_pytorch_model()
+    if kwargs.get("resume"):
+        raise ValueError("resume is not supported with mode='prompt'; continue from a prompt file with "
+                         "init='.../last_prompts.npz'.")
+    overrides = YAML.load(checks.check_yaml(kwargs["cfg"])) if kwargs.get("cfg") else yolo.overrides
+    data = (overrides.get("data") if kwargs.get("cfg") else None) or DEFAULT_CFG_DICT["data"] or TASK2DATA["detect"]
+    custom = {"data": data, "model": yolo.overrides["model"], "task": "detect"}  # as Ultralytics' Model.train
+    args = {**overrides, **custom, **kwargs, "mode": "train"}
+    yolo.trainer = t = trainer(overrides=args, _callbacks=yolo.callbacks)
+    t.model = t.get_model(weights=yolo.model, cfg=getattr(yolo.model, "yaml", None))
+    t.train()
+    if RANK in {-1, 0}:
+        f = t.best if t.best.exists() else t.last
+        if not f.exists():
+            raise FileNotFoundError(f"prompt tuning finished but wrote no prompt file ({t.best} / {t.last}).")
+        yolo.load_prompts(f)
+        yolo.metrics = getattr(t.validator, "metrics", None)
+    return yolo.metrics

@@ -1,0 +1,247 @@
+"""ONNX export of yw_ext detectors through Ultralytics' ``Exporter``, with a fixed or a run-time vocabulary.
+
+``YWExporter`` is Ultralytics' ``Exporter`` (argument checks, device, model copy, ``fuse``, export flags on the
+``Detect`` head, dry run, the metadata dict that ``AutoBackend`` reads) with its ONNX writer replaced by
+``write_onnx``, which adds what yw_ext needs:
+
+- a second input ``txt_feats`` ``(1 or B, P, D)`` with a dynamic prompt count P for ``dynamic_vocab=True`` (the graph
+  keeps the text path; ``yw_ext.export.graph.make_vocab_dynamic``), and the model's current vocabulary stored as the
+  input's default value (an ONNX initializer with the input's name), so the file also runs where only ``images`` is
+  fed (``ultralytics.YOLO(file)``) with that vocabulary;
+- ``nms=True`` as ``yw_ext.export.graph.BatchedNMS`` (dynamic batch, dynamic K) or, for TensorRT,
+  ``trt_nms="efficient"`` (``EfficientNMS_TRT`` plugin);
+- opset >= 17, onnxslim, IR version <= 10, Ultralytics' metadata plus yw_ext keys (``yw_ext`` version, ``vocab``
+  ``"fixed"`` / ``"dynamic"``, ``embed_dim``, ``max_prompts``, ``prompts_per_class``, ``class_prompts``,
+  ``text_encoder``), all written as ``str(value)`` like Ultralytics' own keys.
+
+The caller (``yw_ext.export.export_model``) has already folded a fixed vocabulary into the weights
+(``reparameterize``) on a copy, and points ``model.pt_path`` into a temporary folder, so every file this writes is
+moved into place only when complete.
+
+Examples:
+    >>> from yw_ext.export import export_model  # doctest: +SKIP
+    >>> export_model(model, format="onnx", dynamic=True, dynamic_vocab=True, imgsz=640)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ultralytics.engine.exporter import Exporter, try_export
+from ultralytics.utils import LOGGER, colorstr
+
+from yw_ext.export.graph import BatchedNMS, EfficientNMS, ExportGraph, make_vocab_dynamic
+
+MIN_OPSET = 17
+TXT_INPUT = "txt_feats"
+
+
+@dataclass
+class ExportOptions:
+    """yw_ext export options that Ultralytics' config does not know.
+
+    Attributes:
+        dynamic_vocab: Export the text path with a ``txt_feats`` input (dynamic K).
+        default_vocab: Store the model's vocabulary as the default value of ``txt_feats`` (dynamic_vocab only).
+        max_prompts: Largest P the runtime accepts (recorded in the metadata; ``yw_ext.vocab.MAX_PROMPTS``).
+        trt_nms: NMS implementation when ``nms=True``: ``"onnx"`` (``NonMaxSuppression``, runs everywhere) or
+            ``"efficient"`` (TensorRT's ``EfficientNMS_TRT`` plugin; TensorRT only).
+        extra_metadata: More metadata entries.
+    """
+
+    dynamic_vocab: bool = False
+    default_vocab: bool = True
+    max_prompts: int = 4096
+    trt_nms: str = "onnx"
+    extra_metadata: dict | None = None
+
+
+def vocab_metadata(model: torch.nn.Module, opts: ExportOptions) -> dict[str, Any]:
+    """yw_ext metadata entries describing the vocabulary of ``model`` for the exported graph.
+
+    Fixed vocabulary: ``names`` are the K class names (the graph takes the max over each class's prompts).
+    Dynamic vocabulary: the graph scores the P prompts it is given; ``names`` name the P prompts of the default
+    vocabulary (a class's name for each of its prompts), ``default_classes`` its K class names.
+    """
+    from yw_ext import __version__
+
+    g = int(getattr(model, "prompts_per_class", 1) or 1)
+    names = dict(model.names)
+    meta = {
+        "yw_ext": __version__,
+        "vocab": "dynamic" if opts.dynamic_vocab else "fixed",
+        "embed_dim": int(getattr(model, "embed_dim", 512)),
+        "prompts_per_class": g,
+        "text_encoder": getattr(model, "text_encoder_id", None),
+    }
+    if getattr(model, "class_prompts", None):
+        meta["class_prompts"] = [list(p) for p in model.class_prompts]
+    if opts.dynamic_vocab:
+        meta["max_prompts"] = int(opts.max_prompts)
+        meta["default_classes"] = [names[i] for i in range(len(names))]
+        meta["names"] = {p: names[p // g] for p in range(len(names) * g)}  # prompt-level names of the default vocab
+        meta["default_vocab"] = bool(opts.default_vocab and getattr(model, "vocab_set", True))
+    return meta
+
+
+def add_metadata(proto, metadata: dict[str, Any]) -> None:
+    """Write ``metadata`` into an ONNX model's ``metadata_props`` as ``str(value)`` (replacing existing keys)."""
+    keep = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for k, v in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = str(k), str(v)
+
+
+def read_metadata(proto) -> dict[str, str]:
+    """An ONNX model's ``metadata_props`` as a plain dict of strings."""
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def _slim(proto, prefix: str):
+    """onnxslim the model, keeping the original on failure (as Ultralytics does)."""
+    try:
+        import onnxslim
+
+        LOGGER.info(f"{prefix} slimming with onnxslim {onnxslim.__version__}...")
+        return onnxslim.slim(proto)
+    except Exception as e:  # pragma: no cover - depends on onnxslim
+        LOGGER.warning(f"{prefix} simplifier failure: {e}")
+        return proto
+
+
+def _name_dims(proto, dynamic: dict[str, dict[int, str]]) -> None:
+    """Put back the requested names of dynamic dims on graph inputs and outputs.
+
+    onnxslim's shape inference may rename ``txt_feats``'s first dim to the images' ``batch`` (they broadcast); they
+    are different dims (1 or B), and TensorRT reads equal names as equal sizes.
+    """
+    for v in (*proto.graph.input, *proto.graph.output):
+        for axis, name in dynamic.get(v.name, {}).items():
+            dim = v.type.tensor_type.shape.dim[axis]
+            dim.Clear()
+            dim.dim_param = name
+
+
+def _add_default_input(proto, name: str, value: np.ndarray) -> None:
+    """Give graph input ``name`` a default value (an initializer with the same name; ONNX IR >= 4)."""
+    from onnx import numpy_helper
+
+    if name not in {i.name for i in proto.graph.input}:
+        raise ValueError(f"graph has no input {name!r}.")
+    proto.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
+
+
+def write_onnx(
+    model: torch.nn.Module,
+    im: torch.Tensor,
+    f: str | Path,
+    args: Any,
+    metadata: dict[str, Any],
+    opts: ExportOptions,
+    prefix: str = colorstr("ONNX:"),
+) -> str:
+    """Trace ``model`` (prepared by Ultralytics' exporter) to ONNX at ``f``.
+
+    Args:
+        model: Fused ``YWDetectionModel`` whose head is in export mode.
+        im: Example images ``(B, 3, H, W)``.
+        f: Output path.
+        args: Ultralytics export arguments (``dynamic``, ``simplify``, ``opset``, ``nms``, ``conf``, ``iou``,
+            ``max_det``, ``agnostic_nms``, ``quantize``).
+        metadata: Ultralytics' metadata dict (names, stride, imgsz, task, args, ...).
+        opts: yw_ext options.
+        prefix: Log prefix.
+
+    Returns:
+        The path written.
+    """
+    import onnx
+
+    from ultralytics.utils.export.engine import best_onnx_opset, torch2onnx
+
+    opset = int(args.opset or max(MIN_OPSET, best_onnx_opset(onnx)))
+    if opset < MIN_OPSET:
+        raise ValueError(f"yw_ext exports need opset >= {MIN_OPSET}, got opset={opset}.")
+    nms = None
+    if args.nms:
+        if opts.trt_nms not in {"onnx", "efficient"}:
+            raise ValueError(f"trt_nms must be 'onnx' or 'efficient', got {opts.trt_nms!r}.")
+        cls = EfficientNMS if opts.trt_nms == "efficient" else BatchedNMS
+        nms = cls(conf=0.25 if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
+                  agnostic=bool(args.agnostic_nms))
+    if opts.dynamic_vocab:
+        make_vocab_dynamic(model)
+    graph = ExportGraph(model, nms=nms, dynamic_vocab=opts.dynamic_vocab).eval()
+    inputs, names = (im,), ["images"]
+    dynamic: dict[str, dict[int, str]] = {}
+    if args.dynamic:
+        dynamic["images"] = {0: "batch", 2: "height", 3: "width"}
+    out_dims = {0: "batch"} if args.dynamic else {}
+    if opts.dynamic_vocab:
+        txt = model.txt_feats.detach().to(im.device, im.dtype)  # (1, P, D): the model's vocabulary as the example
+        inputs, names = (im, txt), ["images", TXT_INPUT]
+        dynamic[TXT_INPUT] = {0: "text_batch", 1: "prompts"}
+        if not args.nms:
+            out_dims[1] = "outputs"  # 4 + P
+    if not args.nms and args.dynamic:
+        out_dims[2] = "anchors"
+    if out_dims:
+        dynamic["output0"] = out_dims
+    LOGGER.info(f"\n{prefix} starting export with onnx {onnx.__version__} opset {opset}...")
+    torch2onnx(graph, inputs, str(f), opset=opset, input_names=names, output_names=["output0"],
+               dynamic=dynamic or None)
+    proto = onnx.load(str(f))
+    if args.simplify:
+        proto = _slim(proto, prefix)
+        _name_dims(proto, dynamic)
+    if opts.dynamic_vocab and opts.default_vocab and getattr(model, "vocab_set", True):
+        _add_default_input(proto, TXT_INPUT, model.txt_feats.detach().float().cpu().numpy())
+    meta = dict(metadata)
+    meta.update(vocab_metadata(model, opts))
+    meta.update(opts.extra_metadata or {})
+    add_metadata(proto, meta)
+    if getattr(proto, "ir_version", 0) > 10:
+        proto.ir_version = 10  # ONNX Runtime compatibility, as Ultralytics
+    if args.quantize == 16:
+        from onnxruntime.transformers import float16
+
+        LOGGER.info(f"{prefix} converting to FP16...")
+        proto = float16.convert_float_to_float16(proto, keep_io_types=True)
+    onnx.save(proto, str(f))
+    return str(f)
+
+
+class YWExporter(Exporter):
+    """Ultralytics' ``Exporter`` whose ONNX step is ``write_onnx`` (also used by its TensorRT path).
+
+    Args:
+        overrides: Ultralytics export arguments.
+        _callbacks: Ultralytics callbacks.
+        options: yw_ext ``ExportOptions``.
+
+    Examples:
+        >>> exporter = YWExporter(overrides={"format": "onnx", "imgsz": 640}, options=ExportOptions())  # doctest: +SKIP
+        >>> exporter(model=folded_copy)  # doctest: +SKIP
+    """
+
+    def __init__(self, overrides: dict | None = None, _callbacks: dict | None = None,
+                 options: ExportOptions | None = None):
+        """Store the yw_ext options next to Ultralytics' arguments."""
+        super().__init__(overrides=overrides, _callbacks=_callbacks)
+        self.yw = options or ExportOptions()
+
+    @try_export
+    def export_onnx(self, prefix=colorstr("ONNX:")):  # noqa: B008
+        """Write the ONNX graph (fixed or run-time vocabulary, optional NMS) next to ``self.file``."""
+        return write_onnx(self.model, self.im, self.file.with_suffix(".onnx"), self.args, self.metadata, self.yw,
+                          prefix=prefix)
+
+
+__all__ = ["ExportOptions", "YWExporter", "write_onnx", "vocab_metadata", "add_metadata", "read_metadata",
+           "MIN_OPSET", "TXT_INPUT"]

@@ -1,0 +1,287 @@
+"""Pre- and post-processing for exported detectors, in numpy + OpenCV only (no torch, no ultralytics).
+
+Every function reproduces the Ultralytics 8.4 step it is named after, so that the runtime's detections equal
+``ultralytics`` predictions on the same exported file:
+
+- ``letterbox``: ``ultralytics.data.augment.LetterBox`` (resize keeping the aspect ratio with ``cv2.INTER_LINEAR``,
+  centred padding with value 114; ``auto=True`` pads only to a multiple of the stride);
+- ``preprocess``: ``BasePredictor.preprocess`` (BGR -> RGB, HWC -> CHW, float32 in [0, 1]);
+- ``non_max_suppression``: ``ultralytics.utils.nms.non_max_suppression`` with ``multi_label=False`` (best class per
+  box, ``conf > conf_thres``, at most ``max_nms`` boxes by score, class-aware NMS through a ``7680 * class`` box offset,
+  greedy suppression of IoU ``> iou_thres`` as ``torchvision.ops.nms``, at most ``max_det`` kept);
+- ``scale_boxes``: ``ultralytics.utils.ops.scale_boxes`` (undo the letterbox, clip to the image).
+
+Examples:
+    >>> import numpy as np
+    >>> im = np.zeros((480, 640, 3), np.uint8)
+    >>> lb, (ratio, pad) = letterbox(im, (320, 320))
+    >>> lb.shape, ratio, pad
+    ((320, 320, 3), (0.5, 0.5), (0, 40))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+MAX_WH = 7680  # Ultralytics' per-class box offset for class-aware NMS (pixels)
+MAX_NMS = 30000  # Ultralytics' cap on boxes entering NMS
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """``640`` -> ``(640, 640)``; ``(h, w)`` unchanged."""
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    h, w = (int(v) for v in size)
+    return h, w
+
+
+def letterbox(
+    image: np.ndarray,
+    new_shape: int | Sequence[int],
+    auto: bool = False,
+    stride: int = 32,
+    scaleup: bool = True,
+    padding_value: int = 114,
+) -> tuple[np.ndarray, tuple[tuple[float, float], tuple[int, int]]]:
+    """Resize and pad an HWC image as Ultralytics' ``LetterBox`` (centred, ``cv2.INTER_LINEAR``, value 114).
+
+    Args:
+        image: ``(H, W, C)`` image (uint8 BGR as ``cv2.imread``).
+        new_shape: Target ``(h, w)`` or one int for a square.
+        auto: Pad only to the next multiple of ``stride`` (Ultralytics' ``rect`` inference with dynamic shapes).
+        stride: Model stride, for ``auto``.
+        scaleup: Allow enlarging the image.
+        padding_value: Border value.
+
+    Returns:
+        (letterboxed image, ((ratio_w, ratio_h), (pad_left, pad_top))).
+
+    Examples:
+        >>> im = np.zeros((1080, 810, 3), np.uint8)
+        >>> out, (r, pad) = letterbox(im, 640, auto=True)
+        >>> out.shape, pad
+        ((640, 480, 3), (0, 0))
+    """
+    shape = image.shape[:2]  # (h, w)
+    nh, nw = _pair(new_shape)
+    r = min(nh / shape[0], nw / shape[1])
+    if not scaleup:
+        r = min(r, 1.0)
+    new_unpad = max(round(shape[1] * r), 1), max(round(shape[0] * r), 1)  # (w, h)
+    dw, dh = nw - new_unpad[0], nh - new_unpad[1]
+    if auto:
+        dw, dh = np.mod(dw, stride), np.mod(dh, stride)
+    dw /= 2
+    dh /= 2
+    if shape[::-1] != new_unpad:
+        image = cv2.resize(image, new_unpad, interpolation=cv2.INTER_LINEAR)
+    if image.ndim == 2:
+        image = image[..., None]
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
+    if image.shape[2] == 3:
+        image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(padding_value,) * 3)
+    else:
+        h, w, c = image.shape
+        out = np.full((h + top + bottom, w + left + right, c), padding_value, dtype=image.dtype)
+        out[top : top + h, left : left + w] = image
+        image = out
+    return image, ((r, r), (left, top))
+
+
+def load_image(source: Any) -> np.ndarray:
+    """An image as a uint8 BGR ``(H, W, 3)`` array: a path (read with OpenCV) or an array (used as is).
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: an unreadable file, or an array that is not ``(H, W, 3)``.
+    """
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        if not p.is_file():
+            raise FileNotFoundError(f"image not found: {p}")
+        im = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if im is None:
+            raise ValueError(f"cannot read image {p} (not an image OpenCV can decode).")
+        return im
+    im = np.asarray(source)
+    if im.ndim != 3 or im.shape[2] != 3:
+        raise ValueError(f"images must be (H, W, 3) BGR arrays or paths, got an array of shape {im.shape}.")
+    return im
+
+
+def preprocess(images: Sequence[np.ndarray]) -> np.ndarray:
+    """Letterboxed BGR HWC uint8 images (same size) -> RGB ``(B, 3, H, W)`` float32 in [0, 1], as Ultralytics.
+
+    Examples:
+        >>> preprocess([np.zeros((64, 96, 3), np.uint8)]).shape
+        (1, 3, 64, 96)
+    """
+    x = np.stack(images)[..., ::-1].transpose(0, 3, 1, 2)  # (B, 3, H, W) RGB
+    return np.ascontiguousarray(x, dtype=np.float32) / 255.0
+
+
+def xywh2xyxy(x: np.ndarray) -> np.ndarray:
+    """``(..., 4)`` centre-size boxes -> corner boxes."""
+    y = np.empty_like(x)
+    xy, wh = x[..., :2], x[..., 2:4] / 2
+    y[..., :2] = xy - wh
+    y[..., 2:4] = xy + wh
+    return y
+
+
+def nms_indices(boxes: np.ndarray, scores: np.ndarray, iou_thres: float) -> np.ndarray:
+    """Greedy NMS as ``torchvision.ops.nms``: indices kept, by decreasing score; IoU ``> iou_thres`` suppresses.
+
+    Args:
+        boxes: ``(N, 4)`` xyxy, float32.
+        scores: ``(N,)``.
+        iou_thres: IoU threshold.
+
+    Examples:
+        >>> b = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], np.float32)
+        >>> nms_indices(b, np.array([0.9, 0.8, 0.7], np.float32), 0.5).tolist()
+        [0, 2]
+    """
+    boxes = boxes.astype(np.float32, copy=False)
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = (x2 - x1) * (y2 - y1)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0)
+        h = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0)
+        inter = w * h
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = inter / (areas[i] + areas[rest] - inter)
+        order = rest[~(iou > iou_thres)]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def non_max_suppression(
+    prediction: np.ndarray,
+    conf_thres: float = 0.25,
+    iou_thres: float = 0.7,
+    max_det: int = 300,
+    agnostic: bool = False,
+    classes: Sequence[int] | None = None,
+    max_nms: int = MAX_NMS,
+    max_wh: int = MAX_WH,
+) -> list[np.ndarray]:
+    """Ultralytics' NMS (best class per box) on raw ``(B, 4 + K, A)`` predictions with xywh boxes.
+
+    Returns:
+        Per image an ``(N, 6)`` float32 array ``[x1, y1, x2, y2, score, class]``, by decreasing score.
+
+    Examples:
+        >>> p = np.zeros((1, 6, 3), np.float32)
+        >>> p[0, :4, 0] = [50, 50, 20, 20]; p[0, 4, 0] = 0.9
+        >>> non_max_suppression(p)[0].round(1).tolist()
+        [[40.0, 40.0, 60.0, 60.0, 0.9, 0.0]]
+    """
+    if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
+        raise ValueError(f"conf ({conf_thres}) and iou ({iou_thres}) must be in [0, 1].")
+    out = []
+    for p in prediction:  # (4 + K, A)
+        x = p.T  # (A, 4 + K)
+        cls_scores = x[:, 4:]
+        conf = cls_scores.max(1)
+        j = cls_scores.argmax(1)
+        keep = conf > conf_thres
+        if classes is not None:
+            keep &= np.isin(j, np.asarray(classes))
+        box, conf, j = xywh2xyxy(x[keep, :4]), conf[keep], j[keep]
+        if conf.size > max_nms:
+            top = np.argsort(-conf, kind="stable")[:max_nms]
+            box, conf, j = box[top], conf[top], j[top]
+        if not conf.size:
+            out.append(np.zeros((0, 6), np.float32))
+            continue
+        off = (j.astype(np.float32) * (0 if agnostic else max_wh))[:, None]
+        i = nms_indices(box + off, conf, iou_thres)[:max_det]
+        out.append(np.concatenate((box[i], conf[i, None], j[i, None].astype(np.float32)), 1).astype(np.float32))
+    return out
+
+
+def scale_boxes(
+    img1_shape: Sequence[int], boxes: np.ndarray, img0_shape: Sequence[int], ratio_pad: tuple | None = None
+) -> np.ndarray:
+    """Boxes of a letterboxed ``img1_shape`` image back to the original ``img0_shape`` (xyxy, clipped), in place.
+
+    Examples:
+        >>> b = np.array([[0.0, 40.0, 320.0, 280.0]])
+        >>> scale_boxes((320, 320), b, (480, 640)).tolist()
+        [[0.0, 0.0, 640.0, 480.0]]
+    """
+    if ratio_pad is None:
+        gain = min(img1_shape[0] / img0_shape[0], img1_shape[1] / img0_shape[1])
+        new_h, new_w = (max(round(v * gain), 1) for v in img0_shape[:2])
+        gain_y, gain_x = new_h / img0_shape[0], new_w / img0_shape[1]
+        pad_x, pad_y = round((img1_shape[1] - new_w) / 2 - 0.1), round((img1_shape[0] - new_h) / 2 - 0.1)
+    else:
+        (gain_y, gain_x), (pad_x, pad_y) = ratio_pad
+    boxes[..., [0, 2]] -= pad_x
+    boxes[..., [1, 3]] -= pad_y
+    boxes[..., [0, 2]] /= gain_x
+    boxes[..., [1, 3]] /= gain_y
+    h, w = img0_shape[:2]
+    boxes[..., [0, 2]] = boxes[..., [0, 2]].clip(0, w)
+    boxes[..., [1, 3]] = boxes[..., [1, 3]].clip(0, h)
+    return boxes
+
+
+@dataclass
+class Detections:
+    """Detections of one image, in original-image pixels.
+
+    Attributes:
+        boxes: ``(N, 4)`` float32 xyxy.
+        scores: ``(N,)`` float32.
+        class_ids: ``(N,)`` int64 indices into ``names``.
+        names: Class names of the vocabulary, index -> name.
+        orig_shape: ``(H, W)`` of the image.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    names: dict[int, str] = field(default_factory=dict)
+    orig_shape: tuple[int, int] = (0, 0)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @property
+    def labels(self) -> list[str]:
+        """The class name of every detection."""
+        return [self.names.get(int(c), str(int(c))) for c in self.class_ids]
+
+    def __repr__(self) -> str:
+        top = ", ".join(f"{n} {s:.2f}" for n, s in zip(self.labels[:5], self.scores[:5]))
+        return f"Detections({len(self)} in {self.orig_shape[1]}x{self.orig_shape[0]}: {top}{', ...' if len(self) > 5 else ''})"
+
+
+def stride_ceil(x: int, stride: int) -> int:
+    """Smallest multiple of ``stride`` >= x."""
+    return int(math.ceil(x / stride) * stride)
+
+
+__all__ = [
+    "Detections",
+    "letterbox",
+    "load_image",
+    "preprocess",
+    "xywh2xyxy",
+    "nms_indices",
+    "non_max_suppression",
+    "scale_boxes",
+]
