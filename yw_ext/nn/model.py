@@ -278,7 +278,7 @@ class YWDetectionModel(DetectionModel):
 
         Examples:
             >>> m = YWDetectionModel("yw-v2-n.yaml", verbose=False)
-            >>> m.set_classes([["car", "automobile"], "bus"], embeddings=torch.randn(2, 2, 512))
+            >>> m.set_classes(["car", "bus"], embeddings=torch.randn(2, 2, 512))  # (K, G, D): 2 prompts per class
             >>> m.prompts_per_class, m.names
             (2, {0: 'car', 1: 'bus'})
             >>> m.set_classes(["dog", "cat"], images={"dog": ["dog1.jpg", ("scene.jpg", [10, 20, 200, 220])]})
