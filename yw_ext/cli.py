@@ -7,6 +7,9 @@ Examples:
     yw train model=l data=coco128.yaml epochs=1 imgsz=320
     yw train model=best.pt data=coco128.yaml mode=prompt init=text adapter=False epochs=20
     yw embed texts="person,car|automobile" out=vocab.npz          # or json=class_texts.json; out=x.npy: bare array
+    yw export model=best.pt format=onnx dynamic=True                # fixed vocabulary, folded (one input)
+    yw export model=best.pt format=onnx dynamic_vocab=True nms=True  # classes set at run time (yw_ext.runtime)
+    yw export model=clip clip=ViT-B-32.pt out=clip_text.onnx         # CLIP text encoder (+ BPE file next to it)
 
 ``classes`` is a comma-separated vocabulary; ``|`` separates synonyms of one class (first = name). ``clip`` picks
 the CLIP weights (OpenAI ``.pt`` file or Hugging Face folder; default ``$YW_CLIP``), ``embeddings`` a ``.npy``
@@ -158,6 +161,8 @@ def run(argv: list[str]) -> Any:
     if mode not in MODES:
         raise SystemExit(f"yw: unknown mode '{mode}'. Modes: {', '.join(MODES)}. See 'yw help'.")
     args = parse_args(rest)
+    if mode == "export" and str(args.get("model", "")).lower() in {"clip", "clip-text", "text"}:
+        return _export_text(args)
     from yw_ext import YOLOWorld
 
     images, alpha, margin = args.pop("prompt_images", None), args.pop("alpha", None), args.pop("margin", None)
@@ -193,11 +198,29 @@ def run(argv: list[str]) -> Any:
     return model.export(**args)
 
 
+def _export_text(args: dict[str, Any]) -> str:
+    """``yw export model=clip [clip=...] [out=clip_text.onnx] [opset=17] [simplify=True]``: the CLIP text encoder.
+
+    The CLIP source is ``clip=`` or ``$YW_CLIP``; the BPE tokenizer file is written next to the ONNX.
+    """
+    from yw_ext.export.text import export_text_encoder
+
+    unknown = set(args) - {"model", "clip", "out", "opset", "simplify", "format"}
+    if unknown:
+        raise SystemExit(f"yw export model=clip: unknown argument(s) {sorted(unknown)}; use clip=, out=, opset=.")
+    if str(args.get("format", "onnx")).lower() != "onnx":
+        raise SystemExit("yw export model=clip: the text encoder exports to format=onnx only.")
+    out = export_text_encoder(args.get("clip"), out=args.get("out"), opset=int(args.get("opset") or 17),
+                              simplify=bool(args.get("simplify", True)))
+    print(f"yw export: wrote {out}")
+    return out
+
+
 def entrypoint(argv: list[str] | None = None) -> int:
     """Console-script entry point (``yw``): exit code 0 on success, readable message and 2 on bad input."""
     try:
         run(list(sys.argv[1:] if argv is None else argv))
-    except (ValueError, TypeError, FileNotFoundError, SyntaxError) as e:
+    except (ValueError, TypeError, FileNotFoundError, SyntaxError, RuntimeError, ImportError) as e:
         print(f"yw: error: {e}", file=sys.stderr)
         return 2
     return 0

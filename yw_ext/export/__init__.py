@@ -37,7 +37,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-YW_EXPORT_KEYS = ("dynamic_vocab", "default_vocab", "max_prompts", "trt_nms", "out", "prompts", "calib_images")
+YW_EXPORT_KEYS = ("dynamic_vocab", "default_vocab", "max_prompts", "trt_nms", "out", "prompts", "calib_images", "chunk")
 FORMAT_ALIASES = {"tensorrt": "engine", "trt": "engine", "ov": "openvino"}
 
 
@@ -143,6 +143,15 @@ def export_model(yolo, **kwargs: Any) -> str:
         ValueError: bad arguments (dynamic_vocab with a folded model or a format other than onnx / engine, INT8
             without calibration data, a dynamic-vocabulary engine without ``prompts=``, ...).
         RuntimeError: no vocabulary to fold; TensorRT requested without a CUDA GPU or the ``tensorrt`` package.
+
+    Examples:
+        >>> import torch, yw_ext
+        >>> model = yw_ext.YOLOWorld("yw-v2-n.yaml")
+        >>> _ = model.set_classes(["person", "bus"], embeddings=torch.randn(2, 512))
+        >>> export_model(model, format="onnx", imgsz=320, out="n.onnx")  # doctest: +SKIP
+        'n.onnx'
+        >>> export_model(model, format="engine", dynamic_vocab=True, prompts=(1, 80, 1203), quantize=16)  # doctest: +SKIP
+        'yw-v2-n_dynvocab.engine'
     """
     from ultralytics.utils import DEFAULT_CFG_DICT
 
@@ -180,7 +189,9 @@ def export_model(yolo, **kwargs: Any) -> str:
 
     model = copy.deepcopy(src)
     if not dynamic_vocab and not getattr(model, "folded", False):
-        reparameterize(model, partial_v1=_is_v1(model))  # raises without a vocabulary
+        from yw_ext.nn.rep import DEFAULT_CHUNK
+
+        reparameterize(model, partial_v1=_is_v1(model), chunk=int(yw.get("chunk") or DEFAULT_CHUNK))  # needs a vocab
     dst = Path(yw["out"]) if yw.get("out") else default_destination(src, fmt, dynamic_vocab, q)
     opts = ExportOptions(
         dynamic_vocab=dynamic_vocab,

@@ -62,6 +62,52 @@ def make_vocab_dynamic(model: nn.Module) -> nn.Module:
     return model
 
 
+class ExplicitAdaptiveMaxPool2d(nn.Module):
+    """``nn.AdaptiveMaxPool2d`` written as max over explicit slices, for a fixed input size (exportable to ONNX).
+
+    ONNX has no adaptive pooling; PyTorch's exporter handles only output sizes that divide the input size, and
+    YOLO-World v1's ``ImagePoolingAttn`` pools every level to 3 x 3 (a 640 input gives 80 / 40 / 20). Bins are
+    PyTorch's: rows ``floor(i * H / oh)`` to ``ceil((i + 1) * H / oh)``, the same for columns, so results are equal.
+
+    Examples:
+        >>> x = torch.randn(2, 4, 20, 13)
+        >>> bool(torch.equal(ExplicitAdaptiveMaxPool2d(3)(x), nn.AdaptiveMaxPool2d(3)(x)))
+        True
+    """
+
+    def __init__(self, output_size: int | tuple[int, int]):
+        """Store the output size."""
+        super().__init__()
+        self.out = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, C, oh, ow)``; H and W become constants of a traced graph."""
+        h, w = int(x.shape[2]), int(x.shape[3])
+        oh, ow = self.out
+        rows = []
+        for i in range(oh):
+            h0, h1 = (i * h) // oh, -(-(i + 1) * h // oh)
+            cols = [x[:, :, h0:h1, (j * w) // ow : -(-(j + 1) * w // ow)].amax((2, 3)) for j in range(ow)]
+            rows.append(torch.stack(cols, -1))  # (B, C, ow)
+        return torch.stack(rows, -2)  # (B, C, oh, ow)
+
+
+def make_pooling_exportable(model: nn.Module) -> int:
+    """Replace the ``AdaptiveMaxPool2d`` of v1's ``ImagePoolingAttn`` layers by ``ExplicitAdaptiveMaxPool2d``.
+
+    Returns:
+        The number of layers changed (0 for v2 models).
+    """
+    n = 0
+    for m in model.modules():
+        if type(m).__name__ == "ImagePoolingAttn":
+            for i, p in enumerate(m.im_pools):
+                if isinstance(p, nn.AdaptiveMaxPool2d):
+                    m.im_pools[i] = ExplicitAdaptiveMaxPool2d(p.output_size)
+                    n += 1
+    return n
+
+
 class _NMSOp(torch.autograd.Function):
     """ONNX ``NonMaxSuppression`` over a batch with one score channel: selected ``(M, 3)`` [batch, 0, box] indices.
 
@@ -216,4 +262,5 @@ class ExportGraph(nn.Module):
         return self.nms(y) if self.nms is not None else y
 
 
-__all__ = ["BatchedNMS", "EfficientNMS", "ExportGraph", "dynamic_vocab_forward", "make_vocab_dynamic", "MAX_WH"]
+__all__ = ["BatchedNMS", "EfficientNMS", "ExportGraph", "ExplicitAdaptiveMaxPool2d", "dynamic_vocab_forward",
+           "make_pooling_exportable", "make_vocab_dynamic", "MAX_WH"]

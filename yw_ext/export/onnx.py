@@ -10,6 +10,8 @@
   fed (``ultralytics.YOLO(file)``) with that vocabulary;
 - ``nms=True`` as ``yw_ext.export.graph.BatchedNMS`` (dynamic batch, dynamic K) or, for TensorRT,
   ``trt_nms="efficient"`` (``EfficientNMS_TRT`` plugin);
+- ``dynamic=True``: batch, height and width dynamic (as Ultralytics); for YOLO-World v1 (image-pooling attention,
+  which Ultralytics does not export) the batch only, its adaptive max pools written as explicit slices;
 - opset >= 17, onnxslim, IR version <= 10, Ultralytics' metadata plus yw_ext keys (``yw_ext`` version, ``vocab``
   ``"fixed"`` / ``"dynamic"``, ``embed_dim``, ``max_prompts``, ``prompts_per_class``, ``class_prompts``,
   ``text_encoder``), all written as ``str(value)`` like Ultralytics' own keys.
@@ -25,6 +27,7 @@ Examples:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ import torch
 from ultralytics.engine.exporter import Exporter, try_export
 from ultralytics.utils import LOGGER, colorstr
 
-from yw_ext.export.graph import BatchedNMS, EfficientNMS, ExportGraph, make_vocab_dynamic
+from yw_ext.export.graph import BatchedNMS, EfficientNMS, ExportGraph, make_pooling_exportable, make_vocab_dynamic
 
 MIN_OPSET = 17
 TXT_INPUT = "txt_feats"
@@ -89,7 +92,15 @@ def vocab_metadata(model: torch.nn.Module, opts: ExportOptions) -> dict[str, Any
 
 
 def add_metadata(proto, metadata: dict[str, Any]) -> None:
-    """Write ``metadata`` into an ONNX model's ``metadata_props`` as ``str(value)`` (replacing existing keys)."""
+    """Write ``metadata`` into an ONNX model's ``metadata_props`` as ``str(value)`` (replacing existing keys).
+
+    Examples:
+        >>> import onnx
+        >>> m = onnx.ModelProto()
+        >>> add_metadata(m, {"names": {0: "a"}, "stride": 32})
+        >>> read_metadata(m)
+        {'names': "{0: 'a'}", 'stride': '32'}
+    """
     keep = [p for p in proto.metadata_props if p.key not in metadata]
     del proto.metadata_props[:]
     proto.metadata_props.extend(keep)
@@ -160,6 +171,11 @@ def write_onnx(
 
     Returns:
         The path written.
+
+    Examples:
+        >>> write_onnx(exporter.model, exporter.im, "m.onnx", exporter.args, exporter.metadata,
+        ...            ExportOptions(dynamic_vocab=True))  # doctest: +SKIP
+        'm.onnx'
     """
     import onnx
 
@@ -180,8 +196,13 @@ def write_onnx(
     graph = ExportGraph(model, nms=nms, dynamic_vocab=opts.dynamic_vocab).eval()
     inputs, names = (im,), ["images"]
     dynamic: dict[str, dict[int, str]] = {}
+    # YOLO-World v1's image-pooling attention (adaptive max pooling) exports only for a known image size: the
+    # pools become explicit slices, and only the batch is dynamic
+    hw_dynamic = bool(args.dynamic) and not make_pooling_exportable(model)
     if args.dynamic:
-        dynamic["images"] = {0: "batch", 2: "height", 3: "width"}
+        dynamic["images"] = {0: "batch", 2: "height", 3: "width"} if hw_dynamic else {0: "batch"}
+        if not hw_dynamic:
+            LOGGER.info(f"{prefix} YOLO-World v1 (ImagePoolingAttn): dynamic batch, fixed image size {list(im.shape[2:])}")
     out_dims = {0: "batch"} if args.dynamic else {}
     if opts.dynamic_vocab:
         txt = model.txt_feats.detach().to(im.device, im.dtype)  # (1, P, D): the model's vocabulary as the example
@@ -189,13 +210,15 @@ def write_onnx(
         dynamic[TXT_INPUT] = {0: "text_batch", 1: "prompts"}
         if not args.nms:
             out_dims[1] = "outputs"  # 4 + P
-    if not args.nms and args.dynamic:
+    if not args.nms and hw_dynamic:
         out_dims[2] = "anchors"
     if out_dims:
         dynamic["output0"] = out_dims
     LOGGER.info(f"\n{prefix} starting export with onnx {onnx.__version__} opset {opset}...")
-    torch2onnx(graph, inputs, str(f), opset=opset, input_names=names, output_names=["output0"],
-               dynamic=dynamic or None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*aten::index.*")  # our indices are never negative
+        torch2onnx(graph, inputs, str(f), opset=opset, input_names=names, output_names=["output0"],
+                   dynamic=dynamic or None)
     proto = onnx.load(str(f))
     if args.simplify:
         proto = _slim(proto, prefix)
@@ -203,6 +226,8 @@ def write_onnx(
     if opts.dynamic_vocab and opts.default_vocab and getattr(model, "vocab_set", True):
         _add_default_input(proto, TXT_INPUT, model.txt_feats.detach().float().cpu().numpy())
     meta = dict(metadata)
+    if args.dynamic and not hw_dynamic:  # predictors must letterbox to the fixed size (Ultralytics reads args.dynamic)
+        meta["args"] = {**meta.get("args", {}), "dynamic": False}
     meta.update(vocab_metadata(model, opts))
     meta.update(opts.extra_metadata or {})
     add_metadata(proto, meta)

@@ -21,7 +21,6 @@ Examples:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -185,7 +184,7 @@ def non_max_suppression(
     Examples:
         >>> p = np.zeros((1, 6, 3), np.float32)
         >>> p[0, :4, 0] = [50, 50, 20, 20]; p[0, 4, 0] = 0.9
-        >>> non_max_suppression(p)[0].round(1).tolist()
+        >>> non_max_suppression(p)[0].astype(float).round(1).tolist()
         [[40.0, 40.0, 60.0, 60.0, 0.9, 0.0]]
     """
     if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
@@ -268,11 +267,6 @@ class Detections:
     def __repr__(self) -> str:
         top = ", ".join(f"{n} {s:.2f}" for n, s in zip(self.labels[:5], self.scores[:5]))
         return f"Detections({len(self)} in {self.orig_shape[1]}x{self.orig_shape[0]}: {top}{', ...' if len(self) > 5 else ''})"
-
-
-def stride_ceil(x: int, stride: int) -> int:
-    """Smallest multiple of ``stride`` >= x."""
-    return int(math.ceil(x / stride) * stride)
 
 
 __all__ = [

@@ -1,0 +1,492 @@
+"""TensorRT engines (FP32 / FP16 / INT8) with optimisation profiles for the batch and for the prompt count K.
+
+Ultralytics' exporter writes the ONNX (``yw_ext.export.onnx.YWExporter``); the engine is built here with the TensorRT
+Python API because Ultralytics' ``onnx2engine`` gives every input an image-shaped profile (a ``txt_feats`` input
+``(1 or B, K, D)`` would get ``K`` in ``[3, 3]``). The build is split so that everything but the build itself runs
+(and is tested) without a GPU:
+
+1. ``check_engine_request``: argument checks before any work (precision, calibration data, the K range of a
+   dynamic-vocabulary engine: ``prompts=(min, opt, max)`` is required, TensorRT tunes kernels for it and the engine
+   refuses other K);
+2. ``prepare_onnx_for_tensorrt``: the ONNX as TensorRT must see it (the default-vocabulary initializer removed, so
+   ``txt_feats`` is a real input; opset and plugin checks);
+3. ``engine_build_args``: a pure function from the ONNX inputs and the request to optimisation profiles, builder
+   flags and the workspace;
+4. ``build_engine``: TensorRT (GPU): parse, profiles, FP16 / INT8 (an entropy calibrator over letterboxed COCO128
+   batches from ``yw_ext.export.calib``; TensorRT >= 11, which dropped implicit INT8, goes through Ultralytics'
+   ModelOpt Q/DQ path), build, and write ``<4-byte length><JSON metadata><engine>`` as Ultralytics does, so
+   ``ultralytics.YOLO("x.engine")`` reads fixed-vocabulary engines and ``yw_ext.runtime.Detector`` reads both.
+
+Engines with dynamic batch: images ``(B, 3, H, W)`` get ``B`` in ``[1, batch]`` and, with ``dynamic=True``, ``H, W``
+in ``[32, 2 * imgsz]`` (Ultralytics' range), optimum at ``imgsz``; ``txt_feats`` gets its first dim in ``[1, batch]``
+and K in ``prompts``. Anchors are computed in the graph for dynamic sizes, so boxes do not depend on the batch
+(the folded fixed-vocabulary graph has no text tensor to broadcast over the batch).
+
+Examples:
+    >>> inputs = {"images": ["batch", 3, "height", "width"], "txt_feats": ["text_batch", "prompts", 512]}
+    >>> a = engine_build_args(inputs, batch=4, imgsz=640, dynamic=True, prompts=(1, 80, 1203))
+    >>> a["profiles"][0]["txt_feats"]
+    ((1, 1, 512), (1, 80, 512), (4, 1203, 512))
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+TXT_INPUT = "txt_feats"
+
+
+@dataclass
+class EngineRequest:
+    """Checked TensorRT build request (see ``check_engine_request``)."""
+
+    dynamic_vocab: bool
+    precision: int | None  # None (FP32), 16 or 8
+    prompts: tuple[int, int, int] | None  # K range (min, opt, max) for txt_feats
+    calib_count: int = 0
+
+
+def _prompt_range(prompts: Any, max_prompts: int) -> tuple[int, int, int]:
+    """``prompts`` as ``(min, opt, max)``; an int n means ``(1, n, n)``."""
+    if isinstance(prompts, (int, np.integer)) and not isinstance(prompts, bool):
+        rng = (1, int(prompts), int(prompts))
+    elif isinstance(prompts, str):
+        rng = tuple(int(v) for v in prompts.replace("(", "").replace(")", "").split(","))
+    else:
+        rng = tuple(int(v) for v in prompts)
+    if len(rng) != 3 or not 1 <= rng[0] <= rng[1] <= rng[2]:
+        raise ValueError(f"prompts must be (min, opt, max) with 1 <= min <= opt <= max, got {prompts!r}.")
+    if rng[2] > max_prompts:
+        raise ValueError(f"prompts max {rng[2]} exceeds max_prompts={max_prompts} (yw_ext.vocab.MAX_PROMPTS).")
+    return rng
+
+
+def check_engine_request(
+    model: Any = None,
+    dynamic_vocab: bool = False,
+    quantize: Any = None,
+    data: Any = None,
+    prompts: Any = None,
+    max_prompts: int = 4096,
+) -> EngineRequest:
+    """Check a TensorRT export request before anything is built (and before the GPU check).
+
+    Raises:
+        ValueError: unsupported precision; INT8 without calibration images; a dynamic-vocabulary engine without the
+            ``txt_feats`` profile range ``prompts=(min, opt, max)``; a range above ``max_prompts``.
+
+    Examples:
+        >>> check_engine_request(dynamic_vocab=True, prompts=(1, 80, 1203)).prompts
+        (1, 80, 1203)
+    """
+    if quantize not in (None, 16, 8):
+        raise ValueError(f"TensorRT engines are FP32, FP16 (quantize=16) or INT8 (quantize=8), not {quantize!r}.")
+    count = 0
+    if quantize == 8:
+        from yw_ext.export.calib import check_calibration_source
+
+        count = check_calibration_source(data)
+    rng = None
+    if dynamic_vocab:
+        if prompts is None:
+            raise ValueError(
+                "dynamic_vocab=True with format='engine' needs the optimisation profile of the txt_feats input: pass "
+                "prompts=(min, opt, max), the range of K (classes x synonyms) the engine must accept, e.g. "
+                "prompts=(1, 80, 1203). TensorRT tunes kernels for that range and rejects K outside it."
+            )
+        rng = _prompt_range(prompts, max_prompts)
+    elif prompts is not None:
+        raise ValueError("prompts= is the K range of dynamic-vocabulary engines; add dynamic_vocab=True or drop it.")
+    return EngineRequest(dynamic_vocab=bool(dynamic_vocab), precision=quantize, prompts=rng, calib_count=count)
+
+
+def require_gpu() -> None:
+    """Raise a clear error unless a CUDA GPU and the ``tensorrt`` package are available."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "TensorRT export needs an NVIDIA GPU with CUDA, and none is available here (torch.cuda.is_available() is "
+            "False). Export format='onnx' (with the same dynamic / dynamic_vocab / nms options) and build the engine "
+            "on the target machine: yw_ext.export.tensorrt.onnx_to_engine(onnx_file, ...)."
+        )
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError("TensorRT export needs the `tensorrt` package (pip install tensorrt, matching your CUDA; "
+                           "or the yw_ext 'tensorrt' extra).") from e
+
+
+def onnx_inputs(proto_or_path: Any, include_defaults: bool = False) -> dict[str, list]:
+    """Graph inputs that are not initializers: ``{name: dims}`` (ints, or strings for dynamic dims).
+
+    ``include_defaults=True`` also lists inputs that have a default value (an initializer of the same name, as the
+    ``txt_feats`` of dynamic-vocabulary files).
+
+    Examples:
+        >>> onnx_inputs("model.onnx")  # doctest: +SKIP
+        {'images': ['batch', 3, 'height', 'width']}
+    """
+    import onnx
+
+    proto = onnx.load(str(proto_or_path), load_external_data=False) if isinstance(proto_or_path, (str, Path)) \
+        else proto_or_path
+    inits = set() if include_defaults else {i.name for i in proto.graph.initializer}
+    out = {}
+    for i in proto.graph.input:
+        if i.name in inits:
+            continue
+        out[i.name] = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?")
+                       for d in i.type.tensor_type.shape.dim]
+    return out
+
+
+def prepare_onnx_for_tensorrt(src: str | Path, dst: str | Path | None = None) -> dict[str, Any]:
+    """Write the ONNX that TensorRT builds from and describe it.
+
+    - Inputs with a stored default (``txt_feats`` of dynamic-vocabulary files) lose the default: TensorRT treats
+      initializers as weights, so the input would be frozen to the default vocabulary. The default is returned
+      (INT8 calibration feeds it).
+    - Checks: opset >= 17; ``EfficientNMS_TRT`` nodes are reported (they need TensorRT's plugin library).
+
+    Args:
+        src: ONNX from ``YWExporter``.
+        dst: Where to write the prepared file (default: overwrite ``src``).
+
+    Returns:
+        ``{"path", "inputs" (onnx_inputs), "defaults" {name: array}, "opset", "plugins" [op types],
+        "metadata" {key: str}}``.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(src))
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < 17:
+        raise ValueError(f"{src}: opset {opset} < 17; re-export with opset>=17.")
+    inputs = {i.name for i in proto.graph.input}
+    defaults = {}
+    keep = []
+    for init in proto.graph.initializer:
+        if init.name in inputs:
+            defaults[init.name] = numpy_helper.to_array(init)
+        else:
+            keep.append(init)
+    if defaults:
+        del proto.graph.initializer[:]
+        proto.graph.initializer.extend(keep)
+    plugins = sorted({n.op_type for n in proto.graph.node if n.op_type.endswith("_TRT")})
+    out = Path(dst or src)
+    onnx.save(proto, str(out))
+    return {
+        "path": str(out),
+        "inputs": onnx_inputs(proto),
+        "defaults": defaults,
+        "opset": opset,
+        "plugins": plugins,
+        "metadata": {p.key: p.value for p in proto.metadata_props},
+    }
+
+
+def _is_dyn(d: Any) -> bool:
+    return not isinstance(d, (int, np.integer)) or int(d) <= 0
+
+
+def engine_build_args(
+    inputs: dict[str, Sequence],
+    batch: int = 1,
+    imgsz: int | Sequence[int] = 640,
+    dynamic: bool = False,
+    prompts: Sequence[int] | None = None,
+    precision: int | None = None,
+    workspace: float | None = None,
+    stride: int = 32,
+) -> dict[str, Any]:
+    """Optimisation profiles and builder settings for an ONNX's inputs (pure function; no TensorRT needed).
+
+    Args:
+        inputs: ``onnx_inputs`` of the prepared ONNX.
+        batch: Largest batch (the optimum too).
+        imgsz: Export image size (the optimum).
+        dynamic: Whether image height / width are dynamic (range ``[32, 2 * imgsz]``, Ultralytics' choice).
+        prompts: ``(min, opt, max)`` K range for ``txt_feats`` (required when it has a dynamic K).
+        precision: None (FP32), 16 or 8.
+        workspace: Workspace limit in GiB (None: TensorRT's default).
+        stride: Model stride (image ranges are rounded to it).
+
+    Returns:
+        ``{"profiles": [{input: (min, opt, max)}], "flags": [...], "workspace_bytes": int | None,
+        "calibration_shapes": {input: shape}}``.
+
+    Raises:
+        ValueError: a dynamic input dimension without a profile (e.g. ``txt_feats`` without ``prompts``), or one
+            this function does not know.
+
+    Examples:
+        >>> engine_build_args({"images": [1, 3, 640, 640]})["profiles"]
+        [{}]
+        >>> engine_build_args({"images": ["batch", 3, 640, 640]}, batch=8, precision=16)["profiles"][0]["images"]
+        ((1, 3, 640, 640), (8, 3, 640, 640), (8, 3, 640, 640))
+    """
+    h, w = (int(imgsz), int(imgsz)) if isinstance(imgsz, (int, np.integer)) else (int(imgsz[0]), int(imgsz[1]))
+    batch = max(1, int(batch))
+    profile: dict[str, tuple] = {}
+    calib: dict[str, tuple] = {}
+    for name, dims in inputs.items():
+        if name == TXT_INPUT:
+            if len(dims) != 3 or _is_dyn(dims[2]):
+                raise ValueError(f"{TXT_INPUT} must be (B, K, D) with a static D, got {dims}.")
+            d = int(dims[2])
+            if _is_dyn(dims[1]) and prompts is None:
+                raise ValueError(
+                    f"input {TXT_INPUT} has a dynamic prompt count K but no optimisation profile for it: pass "
+                    "prompts=(min, opt, max), e.g. (1, 80, 1203)."
+                )
+            kmin, kopt, kmax = (int(dims[1]),) * 3 if not _is_dyn(dims[1]) else tuple(int(v) for v in prompts)
+            b0 = (1, 1, batch) if _is_dyn(dims[0]) else (int(dims[0]),) * 3
+            shapes = tuple((b0[i], (kmin, kopt, kmax)[i], d) for i in range(3))
+            if any(_is_dyn(v) for v in dims):
+                profile[name] = shapes
+            calib[name] = (1 if _is_dyn(dims[0]) else int(dims[0]), kopt, d)
+        elif name == "images":
+            if len(dims) != 4:
+                raise ValueError(f"images must be (B, 3, H, W), got {dims}.")
+            c = int(dims[1])
+            bmin, bopt, bmax = (1, batch, batch) if _is_dyn(dims[0]) else (int(dims[0]),) * 3
+            if _is_dyn(dims[2]) or _is_dyn(dims[3]):
+                if not dynamic:
+                    raise ValueError("images has dynamic height / width: export with dynamic=True for this engine.")
+                lo = (max(32, stride), max(32, stride))
+                hi = (2 * h, 2 * w)
+                opt = (h, w)
+            else:
+                lo = opt = hi = (int(dims[2]), int(dims[3]))
+            shapes = ((bmin, c, *lo), (bopt, c, *opt), (bmax, c, *hi))
+            if any(_is_dyn(v) for v in dims):
+                profile[name] = shapes
+            calib[name] = (bopt, c, *opt)
+        elif any(_is_dyn(v) for v in dims):
+            raise ValueError(f"no optimisation profile rule for dynamic input {name} {dims}.")
+    flags = []
+    if precision == 16:
+        flags = ["FP16"]
+    elif precision == 8:
+        flags = ["INT8", "FP16"]  # unquantised layers may take FP16
+    elif precision is not None:
+        raise ValueError(f"precision must be None, 16 or 8, got {precision!r}.")
+    return {
+        "profiles": [profile],
+        "flags": flags,
+        "workspace_bytes": int(workspace * (1 << 30)) if workspace else None,
+        "calibration_shapes": calib,
+    }
+
+
+def engine_metadata(onnx_meta: dict[str, str], request: EngineRequest) -> dict[str, Any]:
+    """The JSON metadata header of the engine: the ONNX's metadata as Python values, plus the K range.
+
+    Examples:
+        >>> m = engine_metadata({"names": "{0: 'a'}", "stride": "32"}, EngineRequest(True, 16, (1, 80, 1203)))
+        >>> m["names"], m["prompts"], m["precision"]
+        ({0: 'a'}, [1, 80, 1203], 16)
+    """
+    from yw_ext.runtime.detector import parse_metadata
+
+    meta = parse_metadata(onnx_meta)
+    meta["precision"] = request.precision or 32
+    if request.prompts:
+        meta["prompts"] = list(request.prompts)
+        meta["max_prompts"] = int(request.prompts[2])
+    return meta
+
+
+def write_engine_file(path: str | Path, engine: bytes, metadata: dict[str, Any]) -> None:
+    """``<int32 little-endian length><JSON metadata><serialized engine>`` (Ultralytics' ``.engine`` layout)."""
+    meta = json.dumps(metadata, default=str).encode()
+    with open(path, "wb") as f:
+        f.write(len(meta).to_bytes(4, byteorder="little", signed=True))
+        f.write(meta)
+        f.write(engine)
+
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    request: EngineRequest,
+    imgsz: int | Sequence[int] = 640,
+    batch: int = 1,
+    dynamic: bool = False,
+    workspace: float | None = None,
+    data: Any = None,
+    calib_images: int = 512,
+    verbose: bool = False,
+) -> str:
+    """Build a TensorRT engine from a yw_ext ONNX (needs a CUDA GPU and ``tensorrt``).
+
+    Args:
+        onnx_path: ONNX written by ``YWExporter`` (prepared here, in place).
+        engine_path: Output ``.engine`` (the caller stages it; this writes it in one go).
+        request: From ``check_engine_request``.
+        imgsz: Export size.
+        batch: Largest batch of the profile.
+        dynamic: Dynamic image sizes.
+        workspace: Workspace limit (GiB).
+        data: INT8 calibration images (see ``yw_ext.export.calib``).
+        calib_images: Most calibration images.
+        verbose: TensorRT verbose logging.
+
+    Returns:
+        The engine path.
+
+    Raises:
+        RuntimeError: no GPU / tensorrt, ONNX parse failure, build failure.
+
+    Examples:
+        >>> req = check_engine_request(dynamic_vocab=True, quantize=16, prompts=(1, 80, 1203))
+        >>> build_engine("m_dynvocab.onnx", "m.engine", req, imgsz=640, batch=4)  # doctest: +SKIP
+        'm.engine'
+    """
+    require_gpu()
+    import tensorrt as trt
+    import torch
+
+    prep = prepare_onnx_for_tensorrt(onnx_path)
+    args = engine_build_args(prep["inputs"], batch=batch, imgsz=imgsz, dynamic=dynamic, prompts=request.prompts,
+                             precision=request.precision, workspace=workspace)
+    meta = engine_metadata(prep["metadata"], request)
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(logger, "")  # EfficientNMS_TRT
+    builder = trt.Builder(logger)
+    major = int(trt.__version__.split(".", 1)[0])
+    network = builder.create_network(0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+    config = builder.create_builder_config()
+    if args["workspace_bytes"]:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, args["workspace_bytes"])
+    onnx_file = prep["path"]
+    if major >= 11 and request.precision in (8, 16):  # strongly typed only: bake precision into the ONNX (ModelOpt)
+        from ultralytics.utils.export.engine import modelopt_quantize_onnx
+
+        loader = None
+        if request.precision == 8:
+            from yw_ext.export.calib import calibration_batches
+
+            loader = [{"img": torch.from_numpy((x * 255).round().astype(np.uint8))}
+                      for x in calibration_batches(data, imgsz, batch=8, n_images=calib_images)]
+        shape = args["calibration_shapes"]["images"]
+        onnx_file = modelopt_quantize_onnx(onnx_file, request.precision, loader, shape, bool(dynamic))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_file)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_file}: {errors}")
+    profile_shapes = args["profiles"][0]
+    if profile_shapes:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in profile_shapes.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    if major < 11:
+        if "FP16" in args["flags"]:
+            config.set_flag(trt.BuilderFlag.FP16)
+        if "INT8" in args["flags"]:
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.int8_calibrator = _calibrator(trt, torch, data, imgsz, args["calibration_shapes"], prep["defaults"],
+                                                 calib_images)
+            if profile_shapes and major < 10:
+                config.set_calibration_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError("TensorRT engine build failed (see the TensorRT log above).")
+    write_engine_file(engine_path, bytes(serialized), meta)
+    return str(engine_path)
+
+
+def onnx_to_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path | None = None,
+    quantize: int | None = None,
+    prompts: Any = None,
+    data: Any = None,
+    batch: int = 1,
+    workspace: float | None = None,
+    calib_images: int = 512,
+) -> str:
+    """Build an engine from an ONNX that ``YOLOWorld.export(format="onnx", ...)`` wrote (on the GPU machine).
+
+    The image size and ``dynamic`` come from the ONNX (its metadata and input shapes); a ``txt_feats`` input means a
+    dynamic-vocabulary engine (``prompts`` required). The engine is written atomically next to the ONNX by default.
+
+    Examples:
+        >>> onnx_to_engine("best_dynvocab.onnx", quantize=16, prompts=(1, 80, 1203), batch=4)  # doctest: +SKIP
+        'best_dynvocab.engine'
+    """
+    import shutil
+
+    from yw_ext.export import _move_into_place, _Staging
+    from yw_ext.runtime.detector import parse_metadata
+
+    src = Path(onnx_path)
+    info_inputs = onnx_inputs(src, include_defaults=True)
+    dynamic_vocab = TXT_INPUT in info_inputs
+    request = check_engine_request(dynamic_vocab=dynamic_vocab, quantize=quantize, data=data, prompts=prompts)
+    require_gpu()
+    import onnx
+
+    meta = parse_metadata({p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props})
+    dims = info_inputs["images"]
+    dynamic = any(_is_dyn(d) for d in dims[2:])
+    imgsz = meta.get("imgsz") or [int(dims[2]), int(dims[3])]
+    dst = Path(engine_path) if engine_path else src.with_suffix(".engine")
+    with _Staging(dst) as tmp:
+        work = tmp / src.name
+        shutil.copyfile(src, work)
+        f = build_engine(work, tmp / dst.name, request, imgsz=imgsz, batch=batch, dynamic=dynamic,
+                         workspace=workspace, data=data, calib_images=calib_images)
+        _move_into_place(Path(f), dst)
+    return str(dst)
+
+
+def _calibrator(trt, torch, data, imgsz, shapes: dict, defaults: dict, n_images: int):
+    """An ``IInt8EntropyCalibrator2`` over letterboxed calibration batches (+ the default ``txt_feats``)."""
+    from yw_ext.export.calib import calibration_batches
+
+    bsz = shapes["images"][0]
+    txt = None
+    if TXT_INPUT in shapes:
+        if TXT_INPUT not in defaults:
+            raise ValueError("INT8 calibration of a dynamic-vocabulary engine needs the vocabulary stored in the ONNX "
+                             "(export with default_vocab=True after set_classes).")
+        txt = torch.from_numpy(np.ascontiguousarray(defaults[TXT_INPUT], np.float32)).cuda()  # (1, P, D)
+
+    class Calibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.batches = calibration_batches(data, shapes["images"][2:], batch=bsz, n_images=n_images)
+            self.keep = []
+
+        def get_batch_size(self):
+            return bsz
+
+        def get_batch(self, names):
+            try:
+                x = torch.from_numpy(next(self.batches)).cuda()
+            except StopIteration:
+                return None
+            self.keep = [x, txt]
+            return [int((txt if n == TXT_INPUT else x).data_ptr()) for n in names]
+
+        def read_calibration_cache(self):
+            return None
+
+        def write_calibration_cache(self, cache):
+            return None
+
+    return Calibrator()
+
+
+__all__ = ["EngineRequest", "check_engine_request", "require_gpu", "onnx_inputs", "prepare_onnx_for_tensorrt",
+           "engine_build_args", "engine_metadata", "write_engine_file", "build_engine", "onnx_to_engine"]

@@ -1,0 +1,148 @@
+"""CLIP text encoder -> ONNX: tokens ``(N, 77)`` int64 -> L2-normalised embeddings ``(N, D)`` float32.
+
+With it (and ``yw_ext.runtime.Tokenizer``) a deployment changes the vocabulary of a ``dynamic_vocab=True`` detector
+without PyTorch. The graph is ``CLIPTextEncoder.encode_tokens`` over the full context: ``encode_tokens`` stops after
+the last end-of-text token of the batch, which is data-dependent; with CLIP's causal mask later positions cannot
+change the pooled (end-of-text) position, so the full-length graph gives the same embeddings (tested within 1e-4).
+
+The export also writes the BPE merges file (``bpe_simple_vocab_16e6.txt.gz``) next to the ONNX, so that
+``yw_ext.runtime.TextEncoder(path)`` finds its tokenizer there. Metadata: ``yw_ext`` version, ``kind``
+(``"clip_text"``), ``identity`` (the encoder's content hash, the same as the embedding cache uses), ``embed_dim``,
+``context_length``, ``tokenizer`` (file name), ``source``.
+
+Examples:
+    >>> from yw_ext.export.text import export_text_encoder
+    >>> export_text_encoder("ViT-B-32.pt", "clip_text.onnx")  # doctest: +SKIP
+    'clip_text.onnx'
+
+CLI: ``yw export model=clip clip=/path/ViT-B-32.pt out=clip_text.onnx`` (``clip=`` defaults to ``$YW_CLIP``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+TOKENS_INPUT, EMBED_OUTPUT = "tokens", "embeddings"
+
+
+class TextGraph(nn.Module):
+    """The text tower of an open_clip CLIP as a traceable module (full-length context, argmax pooling).
+
+    Args:
+        encoder: A ``yw_ext.text.CLIPTextEncoder``.
+
+    Examples:
+        >>> g = TextGraph(enc)  # doctest: +SKIP
+        >>> g(enc.tokenize(["a dog"])).shape  # doctest: +SKIP
+        torch.Size([1, 512])
+    """
+
+    def __init__(self, encoder):
+        """Share the encoder's modules (no copy)."""
+        super().__init__()
+        m = encoder.model
+        self.token_embedding = m.token_embedding
+        self.positional_embedding = m.positional_embedding
+        self.transformer = m.transformer
+        self.ln_final = m.ln_final
+        self.text_projection = m.text_projection
+        self.register_buffer("attn_mask", m.attn_mask.detach().clone(), persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(N, L)`` int64 tokens (``L`` = context length) -> ``(N, D)`` unit-norm float32 embeddings."""
+        x = self.token_embedding(tokens) + self.positional_embedding  # (N, L, W)
+        x = self.transformer(x, attn_mask=self.attn_mask)
+        x = self.ln_final(x)
+        eot = tokens.argmax(dim=-1)  # (N,) the end-of-text token has the largest id
+        x = x[torch.arange(x.shape[0], device=x.device), eot]  # (N, W)
+        proj = self.text_projection
+        x = proj(x) if isinstance(proj, nn.Module) else x @ proj  # (N, D)
+        return F.normalize(x, dim=-1)
+
+
+def _bpe_file() -> Path:
+    """open_clip's BPE merges file (located without importing open_clip's tokenizer)."""
+    from yw_ext.runtime.tokenizer import find_bpe
+
+    return find_bpe()
+
+
+def export_text_encoder(
+    encoder: Any = None, out: str | Path | None = None, opset: int = 17, simplify: bool = True, batch: int = 2
+) -> str:
+    """Export a CLIP text encoder to ONNX (atomically) with the BPE file next to it.
+
+    Args:
+        encoder: A ``CLIPTextEncoder``, or a CLIP source for ``yw_ext.text.load_clip`` (file, Hugging Face folder,
+            ``"clip"``); None: ``$YW_CLIP``.
+        out: Output path (default ``clip_text.onnx`` in the current folder).
+        opset: ONNX opset (>= 17).
+        simplify: Run onnxslim.
+        batch: Example batch for tracing (the batch dimension is dynamic).
+
+    Returns:
+        The ONNX path.
+
+    Raises:
+        FileNotFoundError: no CLIP weights (see ``yw_ext.text.load_clip``).
+
+    Examples:
+        >>> export_text_encoder("ViT-B-32.pt", "clip_text.onnx")  # doctest: +SKIP
+    """
+    import onnx
+
+    from yw_ext import __version__
+    from yw_ext.export import _move_into_place, _Staging
+    from yw_ext.export.onnx import add_metadata
+    from yw_ext.text import CLIPTextEncoder, load_clip
+
+    if opset < 17:
+        raise ValueError(f"opset must be >= 17, got {opset}.")
+    enc = encoder if isinstance(encoder, CLIPTextEncoder) else load_clip(encoder)
+    dst = Path(out or "clip_text.onnx")
+    bpe = _bpe_file()
+    graph = TextGraph(enc).eval().float().cpu()
+    tokens = enc.tokenize(["a photo of a dog", "bus"] * max(1, batch // 2))[:batch].cpu()  # (N, L)
+    with _Staging(dst) as tmp:
+        f = tmp / dst.name
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*aten::index.*")  # the gather index (argmax) is >= 0
+            torch.onnx.export(graph, (tokens,), str(f), opset_version=opset, input_names=[TOKENS_INPUT],
+                              output_names=[EMBED_OUTPUT], dynamic_axes={TOKENS_INPUT: {0: "batch"},
+                                                                         EMBED_OUTPUT: {0: "batch"}}, dynamo=False)
+        proto = onnx.load(str(f))
+        if simplify:
+            try:
+                import onnxslim
+
+                proto = onnxslim.slim(proto)
+            except Exception as e:  # pragma: no cover - depends on onnxslim
+                from ultralytics.utils import LOGGER
+
+                LOGGER.warning(f"text encoder: simplifier failure: {e}")
+        add_metadata(proto, {
+            "yw_ext": __version__,
+            "kind": "clip_text",
+            "identity": enc.identity,
+            "embed_dim": enc.dim,
+            "context_length": enc.context_length,
+            "tokenizer": bpe.name,
+            "source": str(enc.source),
+        })
+        if getattr(proto, "ir_version", 0) > 10:
+            proto.ir_version = 10
+        onnx.save(proto, str(f))
+        shutil.copyfile(bpe, tmp / bpe.name)
+        _move_into_place(tmp / bpe.name, dst.parent / bpe.name)
+        _move_into_place(f, dst)
+    return str(dst)
+
+
+__all__ = ["TextGraph", "export_text_encoder", "TOKENS_INPUT", "EMBED_OUTPUT"]
