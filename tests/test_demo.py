@@ -12,7 +12,6 @@ interface (Gradio analytics off, no CDN, no fonts from the web).
 from __future__ import annotations
 
 import ipaddress
-import os
 import shutil
 import socket
 import tempfile
@@ -63,27 +62,24 @@ def test_parse_prompt_lines_and_boxes(assets):
         parse_prompt_lines("", scene, [zidane])
 
 
-def test_prompt_file_round_trip(tiny_clip_file, tmp_path, monkeypatch):
-    from yw_ext.demo import load_prompts, save_prompts
+def test_export_prompts_loads_back(tiny_clip_file, tmp_path, monkeypatch, assets):
+    """The demo's prompt export is a yw_ext prompt file: YOLOWorld.load_prompts gives the same vocabulary."""
+    from yw_ext.demo import Demo
+    from yw_ext.prompts import read_prompt_file
 
     monkeypatch.setenv("YW_CLIP", str(tiny_clip_file))
     monkeypatch.setenv("YW_CACHE_DIR", str(tmp_path / "cache"))
-    model = yw_ext.YOLOWorld("yw-v2-n.yaml")
-    with pytest.raises(ValueError, match="no vocabulary yet"):
-        save_prompts(model, tmp_path / "none.npz")
-    model.set_classes(["person", ["car", "automobile"]])
-    path = save_prompts(model, tmp_path / "v.npz")
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["v.npz"]  # no temporary file left
+    demo = Demo("yw-v2-n.yaml", out_dir=tmp_path / "out")
+    path, status = demo.export_prompts("person, car|automobile", "car: 17,231,802,768", str(assets / "bus.jpg"))
+    assert path.parent == tmp_path / "out" and "2 classes x 2 prompts" in status, status
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [path.name]  # no temporary file left
     with np.load(path, allow_pickle=False) as z:  # plain arrays, no pickle
         assert z["embeddings"].shape == (2, 2, 512) and z["embeddings"].dtype == np.float32
-    p = load_prompts(path)
-    assert p["names"] == ["person", "car"] and p["prompts_per_class"] == 2
-    assert p["text_encoder_id"] == model.model.text_encoder_id and p["image_encoder_id"] is None
-    assert p["class_prompts"] == [["person"], ["car", "automobile"]] and p["class_sources"] == ["text", "text"]
-    other = yw_ext.YOLOWorld("yw-v2-n.yaml")
-    other.set_classes(p["names"], embeddings=p["embeddings"])
-    assert torch.equal(other.model.txt_feats, model.model.txt_feats)
-    assert other.model.prompts_per_class == 2
+    p = read_prompt_file(path)
+    assert p["names"] == ["person", "car"] and p["class_sources"] == ["text", "text+image"]
+    assert p["text_encoder_id"] == demo.model.model.text_encoder_id and p["image_encoder_id"]
+    other = yw_ext.YOLOWorld("yw-v2-n.yaml").load_prompts(path)
+    assert torch.equal(other.model.txt_feats, demo.model.model.txt_feats) and other.model.prompts_per_class == 2
 
 
 def test_missing_weights_and_clip_are_reported(tmp_path, monkeypatch):
@@ -227,7 +223,8 @@ def _detect(page, conf: str = "0") -> str:
     page.locator("#yw-detect").click()
     page.wait_for_function(
         """([sel, before]) => {
-            const s = document.querySelector(sel), t = document.querySelector('#yw-status [data-testid=status-tracker]');
+            const s = document.querySelector(sel);
+            const t = document.querySelector('#yw-status [data-testid=status-tracker]');
             return s && s.innerText.trim() && s.innerText !== before && (!t || t.classList.contains('hide'));
         }""", arg=[STATUS, before], timeout=TIMEOUT_MS)
     return page.locator(STATUS).inner_text()
@@ -268,14 +265,14 @@ def test_page_text_prompts(page, server, assets):
     assert "300 detections in bus.jpg (810 x 1080)" in status and "person (text), bus (text)" in status, status
     _check_results(page, {"person", "bus"})
 
-    from yw_ext.demo import load_prompts
+    from yw_ext.prompts import read_prompt_file
 
     page.locator("#yw-export-prompts").click()
     page.locator(STATUS).get_by_text("Prompt file written").wait_for()
     files = list(server.yw_demo.out_dir.glob("prompts_*.npz"))
     assert len(files) == 1, files
-    p = load_prompts(files[0])
-    assert p["names"] == ["person", "bus"] and p["embeddings"].shape == (2, 2, 512)
+    p = read_prompt_file(files[0])
+    assert p["names"] == ["person", "bus"] and p["prompts_per_class"] == 2 and p["class_prompts"][1] == ["bus", "coach"]
     link = page.locator(f"#yw-download a[download='{files[0].name}']")
     link.wait_for()
     assert page.request.get(link.get_attribute("href")).body() == files[0].read_bytes()  # the page serves the file

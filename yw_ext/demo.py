@@ -15,8 +15,9 @@ The page (served on ``127.0.0.1`` by default) has:
   empty the classes are the image-prompt classes, image only (as ``yw predict prompt_images=...``);
 - confidence and IoU sliders; outputs: the annotated image (``Results.plot()``) and a table of detections (class,
   confidence, x1, y1, x2, y2 in pixels of the input image);
-- buttons that export the page's vocabulary as a prompt file (``.npz``, see ``save_prompts``) and as a folded ONNX
-  model (a copy of the model, ``reparameterize()``, ``export(format="onnx")``).
+- buttons that export the page's vocabulary as a prompt file (``.npz``: ``YOLOWorld.save_prompts``, the format of
+  ``yw_ext.prompts``, read back by ``YOLOWorld.load_prompts``) and as a folded ONNX model (a copy of the model,
+  ``reparameterize()``, ``export(format="onnx")``).
 
 Nothing is downloaded: the demo uses the weights and CLIP that are on disk, and says in the page what is missing
 (the hub's ``WeightsNotFoundError`` message for weights, the ``FileNotFoundError`` of ``yw_ext.text.load_clip`` for
@@ -46,7 +47,6 @@ Examples:
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import tempfile
@@ -62,10 +62,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ("launch", "build_demo", "Demo", "save_prompts", "load_prompts", "parse_prompt_lines", "PROMPT_FORMAT")
-
-PROMPT_FORMAT = "yw_ext.prompts/1"
-"""Value of the ``format`` entry of prompt files written by ``save_prompts``."""
+__all__ = ("launch", "build_demo", "Demo", "DemoInputError", "parse_prompt_lines", "read_image", "default_examples")
 
 COCO128_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128" / "images" / "train2017"
 """COCO128 images offered as examples when present (``../shared`` next to the project)."""
@@ -94,107 +91,6 @@ def _gradio():
             f"the yw_ext demo needs Gradio ({e}); install it with: pip install 'yw_ext[demo]' (or pip install gradio)"
         ) from None
     return gr
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Prompt files
-# ----------------------------------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> Path:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def save_prompts(model: Any, path: str | Path) -> Path:
-    """Write a model's current vocabulary to a prompt file (``.npz``), atomically.
-
-    Entries: ``format`` (``"yw_ext.prompts/1"``), ``names`` (K,) str, ``embeddings`` float32 ``(K, D)`` or
-    ``(K, G, D)`` when classes have ``G > 1`` prompts (synonyms; the class score is the max over them),
-    ``prompts_per_class``, ``text_encoder_id`` and ``image_encoder_id`` (identities of the CLIP towers that made the
-    embeddings, ``""`` when none), ``class_sources`` (K,) (``"text"``, ``"image"``, ``"text+image"``,
-    ``"embedding"``) and ``class_prompts`` (JSON list of each class's text prompts, ``null`` when unknown). Only
-    plain arrays: ``np.load(path)`` reads it without pickle. ``set_classes(names, embeddings=embeddings)`` on a model
-    of the same text width restores the vocabulary (``load_prompts``).
-
-    Args:
-        model: A ``yw_ext.YOLOWorld`` or ``YWDetectionModel`` with a vocabulary set (``set_classes``).
-        path: Output file; ``.npz`` is the usual suffix (no suffix is added).
-
-    Returns:
-        (Path): ``path``.
-
-    Raises:
-        ValueError: the model has no vocabulary yet, or it is folded into the weights.
-
-    Examples:
-        >>> import torch, yw_ext
-        >>> m = yw_ext.YOLOWorld("yw-v2-n.yaml")
-        >>> m.set_classes(["person", "bus"], embeddings=torch.randn(2, 512))
-        >>> save_prompts(m, "vocab.npz")  # doctest: +SKIP
-        PosixPath('vocab.npz')
-    """
-    m = getattr(model, "model", model)
-    if getattr(m, "folded", False):
-        raise ValueError("this model is re-parameterised: its vocabulary is folded into its weights, no embeddings "
-                         "are left to export. Export the prompt file from the unfolded model.")
-    if not getattr(m, "vocab_set", False) or getattr(m, "txt_feats", None) is None:
-        raise ValueError("the model has no vocabulary yet: set classes first (model.set_classes([...])).")
-    names = [str(n) for n in dict(m.names).values()]
-    g = int(getattr(m, "prompts_per_class", 1))
-    emb = m.txt_feats.detach().float().cpu().numpy()[0]  # (K * G, D)
-    k, d = len(names), emb.shape[-1]
-    if emb.shape[0] != k * g:
-        raise ValueError(f"vocabulary of {k} classes x {g} prompts does not match embeddings {emb.shape}.")
-    emb = emb.reshape(k, g, d) if g > 1 else emb
-    sources = list(getattr(m, "class_sources", None) or ["embedding"] * k)
-    arrays = {
-        "format": np.array(PROMPT_FORMAT),
-        "names": np.array(names, dtype=str),
-        "embeddings": emb.astype(np.float32),
-        "prompts_per_class": np.array(g, dtype=np.int64),
-        "text_encoder_id": np.array(getattr(m, "text_encoder_id", None) or ""),
-        "image_encoder_id": np.array(getattr(m, "image_encoder_id", None) or ""),
-        "class_sources": np.array([str(s) for s in sources], dtype=str),
-        "class_prompts": np.array(json.dumps(getattr(m, "class_prompts", None))),
-    }
-    return _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
-
-
-def load_prompts(path: str | Path) -> dict[str, Any]:
-    """Read a prompt file written by ``save_prompts``.
-
-    Returns:
-        (dict): ``names`` (list[str]), ``embeddings`` (ndarray ``(K, D)`` / ``(K, G, D)``), ``prompts_per_class``,
-        ``text_encoder_id``, ``image_encoder_id`` (str or None), ``class_sources`` (list[str]), ``class_prompts``.
-
-    Raises:
-        ValueError: not a yw_ext prompt file.
-
-    Examples:
-        >>> p = load_prompts("vocab.npz")  # doctest: +SKIP
-        >>> model.set_classes(p["names"], embeddings=p["embeddings"])  # doctest: +SKIP
-    """
-    with np.load(Path(path), allow_pickle=False) as z:
-        if "format" not in z.files or str(z["format"]) != PROMPT_FORMAT:
-            raise ValueError(f"{path} is not a yw_ext prompt file (no format={PROMPT_FORMAT!r} entry).")
-        return {
-            "names": [str(n) for n in z["names"]],
-            "embeddings": z["embeddings"],
-            "prompts_per_class": int(z["prompts_per_class"]),
-            "text_encoder_id": str(z["text_encoder_id"]) or None,
-            "image_encoder_id": str(z["image_encoder_id"]) or None,
-            "class_sources": [str(s) for s in z["class_sources"]],
-            "class_prompts": json.loads(str(z["class_prompts"])),
-        }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -472,7 +368,8 @@ class Demo:
         if self.model is not None:
             m = self.model.model
             random = str(self.model_name).lower().endswith((".yaml", ".yml"))
-            lines.append(f"**Model**: `{self.model_name}` ({type(m).__name__}, text width {getattr(m, 'embed_dim', '?')})"
+            width = getattr(m, "embed_dim", "?")
+            lines.append(f"**Model**: `{self.model_name}` ({type(m).__name__}, text width {width})"
                          + (" - *random weights (an architecture YAML): detections are meaningless*" if random else ""))
         else:
             lines.append("**Model**: missing")
@@ -564,7 +461,7 @@ class Demo:
     def export_prompts(self, classes: str | None, prompts: str | None = None, image: str | None = None,
                        reference: str | None = None, uploads: list[str] | None = None, alpha: float | None = 0.5,
                        margin: float = 0.0) -> tuple[Path, str]:
-        """Set the page's vocabulary and write it as a prompt file (``save_prompts``) in ``out_dir``.
+        """Set the page's vocabulary and write it as a prompt file (``YOLOWorld.save_prompts``) in ``out_dir``.
 
         Returns:
             (tuple): the ``.npz`` path and a status text.
@@ -576,10 +473,11 @@ class Demo:
         im = read_image(image, "input image") if image else None
         with self.lock:
             names = self._vocabulary(classes, prompts, im, reference, uploads, alpha, margin)
-            path = save_prompts(self.model, self.out_dir / f"prompts_{_slug(names)}.npz")
+            path = Path(self.model.save_prompts(self.out_dir / f"prompts_{_slug(names)}.npz"))  # atomic
             g = self.model.model.prompts_per_class
         d = self.model.model.txt_feats.shape[-1]
-        return path, f"Prompt file written: `{path.name}` ({_plural(len(names), 'class')} x {_plural(g, 'prompt')}, {d}-d)."
+        return path, (f"Prompt file written: `{path.name}` ({_plural(len(names), 'class')} x "
+                      f"{_plural(g, 'prompt')}, {d}-d).")
 
     def export_onnx(self, classes: str | None, prompts: str | None = None, image: str | None = None,
                     reference: str | None = None, uploads: list[str] | None = None, alpha: float | None = 0.5,
@@ -604,21 +502,17 @@ class Demo:
                 folded = copy.deepcopy(self.model)
             finally:
                 self.model.predictor = predictor
-        stem = f"folded_{_slug(names)}"
-        tmp_stem = f".{stem}.{os.getpid()}.{threading.get_ident()}"
+        dst = self.out_dir / f"folded_{_slug(names)}.onnx"
         try:
             folded.reparameterize()
-            folded.model.pt_path = str(self.out_dir / f"{tmp_stem}.pt")  # the exporter names its output after it
             with warnings.catch_warnings():  # the tracer's notes on Python conditionals are not for the user
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                f = folded.export(format="onnx", imgsz=self.imgsz, verbose=False)
-        except Exception as e:  # noqa: BLE001 - any failure of the (still evolving) fold/export is reported
+                f = folded.export(format="onnx", imgsz=self.imgsz, out=str(dst), verbose=False)  # written atomically
+        except Exception as e:  # noqa: BLE001 - any failure of the fold / export is reported in the page
             raise RuntimeError(f"the folded ONNX export failed: {type(e).__name__}: {e}") from e
-        src = Path(str(f))
-        if not src.is_file():
+        if not Path(str(f)).is_file():
             raise RuntimeError(f"the folded ONNX export failed: the exporter returned {f!r}, which is not a file.")
-        dst = self.out_dir / f"{stem}.onnx"
-        os.replace(src, dst)
+        dst = Path(str(f))
         return dst, (f"Folded ONNX model written: `{dst.name}` ({_plural(len(names), 'class')}, "
                      f"{dst.stat().st_size / 1e6:.1f} MB).")
 
@@ -656,7 +550,8 @@ def _tolerant_image_class(gr):
             return "image"  # the same front-end component
 
         def preprocess(self, payload):
-            if payload is not None and getattr(payload, "path", None) and not str(payload.url or "").startswith("data:"):
+            data_url = str(getattr(payload, "url", None) or "").startswith("data:")
+            if payload is not None and getattr(payload, "path", None) and not data_url:
                 return str(payload.path)
             return super().preprocess(payload)
 
@@ -720,7 +615,8 @@ def build_demo(demo: Demo, examples: list[str] | None = None):
                                      info="Comma-separated; '|' separates synonyms of one class (first = its name).")
                 with gr.Accordion("Image prompts (detect by example)", open=False, elem_id="yw-prompts-box"):
                     prompts = gr.Textbox(label="Image prompts", lines=3, elem_id="yw-prompts", info=_PROMPT_HELP,
-                                         placeholder="dog: 120,40,380,300\ncat: cat1.jpg\nbus: street.jpg @ 17,231,802,768")
+                                         placeholder="dog: 120,40,380,300\ncat: cat1.jpg\n"
+                                                     "bus: street.jpg @ 17,231,802,768")
                     with gr.Row():
                         reference = Image(label="Reference image (boxes; default: the input image)", type="filepath",
                                           sources=["upload", "clipboard"], elem_id="yw-reference", height=200)
@@ -799,7 +695,7 @@ def launch(
         >>> blocks = launch(model="yw-v2-n.yaml", port=7861, block=False)  # doctest: +SKIP
         >>> blocks.close()  # doctest: +SKIP
     """
-    gr = _gradio()
+    _gradio()  # fails early, with how to install it, before the (slow) model load
     state = Demo(model, clip=clip, conf=conf, iou=iou, imgsz=imgsz, out_dir=out_dir)
     examples = default_examples() if examples is None else [str(e) for e in examples]
     blocks = build_demo(state, examples)
