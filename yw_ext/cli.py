@@ -10,6 +10,8 @@ Examples:
     yw export model=best.pt format=onnx dynamic=True                # fixed vocabulary, folded (one input)
     yw export model=best.pt format=onnx dynamic_vocab=True nms=True  # classes set at run time (yw_ext.runtime)
     yw export model=clip clip=ViT-B-32.pt out=clip_text.onnx         # CLIP text encoder (+ BPE file next to it)
+    yw bench quick=True                                              # benchmarks vs Ultralytics (< 3 min on 2 CPUs)
+    yw bench scales=s imgsz=640 ks=80,1203 pairs=10 out=results      # any yw_ext.bench.BenchConfig field as key=value
 
 ``classes`` is a comma-separated vocabulary; ``|`` separates synonyms of one class (first = name). ``clip`` picks
 the CLIP weights (OpenAI ``.pt`` file or Hugging Face folder; default ``$YW_CLIP``), ``embeddings`` a ``.npy``
@@ -32,9 +34,7 @@ import sys
 from typing import Any
 
 MODES = ("predict", "train", "val", "export")
-LATER = {  # modes whose features land with their own issues
-    "bench": "benchmarks (run `python benchmarks/<script>.py` meanwhile)",
-}
+LATER: dict[str, str] = {}  # modes whose features land with their own issues
 USAGE = __doc__
 
 
@@ -151,6 +151,10 @@ def run(argv: list[str]) -> Any:
                           clip=eargs.get("clip"), batch=int(eargs.get("batch", 256)))
         print(f"yw embed: wrote {out}")
         return out
+    if mode == "bench":  # yw bench [quick=True] [scales=n,s] [imgsz=640] [ks=1,80,1203] [backends=...] [out=...]
+        from yw_ext.bench import cli as bench_cli
+
+        return bench_cli(rest)
     if mode == "demo":  # yw demo [model=l] [port=7860] [host=127.0.0.1] [clip=...] [conf=0.25]: local web page
         from yw_ext.demo import launch
 

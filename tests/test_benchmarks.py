@@ -1,0 +1,99 @@
+# yw_ext, AGPL-3.0 license
+"""The benchmark suite's code paths on a tiny configuration (n at 64 px, K = 1 and 3, one pair): CSV columns and rows,
+skipped backends, plots, the ``yw bench`` dispatch and the option parsing. No timing is asserted."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from yw_ext import bench
+from yw_ext.cli import LATER, run as yw_run
+
+PT_AND_ORT = ("ultralytics", "pt_eager", "pt_folded", "ultralytics_onnx", "ort_fixed", "ort_dynvocab")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """One tiny ``yw bench`` run (through the CLI dispatch), its output folder and the CSV rows read back."""
+    out = tmp_path_factory.mktemp("bench")
+    rows = yw_run(["bench", "scales=n", "imgsz=64", "ks=1,3", "pairs=1", "warmup=0", "reps=1", "gap=0",
+                   "gemm_runs=1", "encoder=tiny", "text_pairs=1", f"out={out}", "name=tiny"])
+    assert isinstance(rows, list) and rows
+    with open(out / "tiny.csv", newline="") as f:
+        read = list(csv.DictReader(f))
+    return out, read
+
+
+def test_csv_columns_and_latency_rows(tiny_run):
+    out, rows = tiny_run
+    with open(out / "tiny.csv", newline="") as f:
+        assert tuple(next(csv.reader(f))) == bench.COLUMNS
+    lat = [r for r in rows if r["kind"] == "latency"]
+    assert sorted((r["backend"], r["K"]) for r in lat) == sorted((b, k) for b in bench.BACKENDS for k in ("1", "3"))
+    for r in lat:
+        assert r["weights"].startswith("random") and r["torch"] == torch.__version__ and r["date"]
+        assert (r["scale"], r["imgsz"], r["batch"], r["threads"]) == ("n", "64", "1", str(bench.BenchConfig().threads))
+        assert r["ultralytics"] and "onnxruntime" in r and "tensorrt" in r and r["device"] == "cpu"
+    for r in (r for r in lat if r["backend"] in PT_AND_ORT):
+        assert r["status"] == "ok", r
+        assert float(r["median_ms"]) > 0 and float(r["p90_ms"]) > 0 and float(r["throughput"]) > 0
+        assert r["baseline"] == bench.BASELINE[r["backend"]] and r["ratio"] and r["ratio_min"] and r["ratio_max"]
+        assert r["ratio_vs_ultralytics"] and r["gemm_gflops"] and r["pairs"] == "1"
+        assert float(r["gflops"]) > 0 and float(r["gemm_fraction"]) > 0
+        assert float(r["max_score_diff"]) < 1e-3, r  # same weights and vocabulary as the Ultralytics baseline
+    if Path("/proc/self/clear_refs").exists():  # peak memory at the largest K, in a subprocess per backend
+        for r in (r for r in lat if r["backend"] in PT_AND_ORT):
+            assert bool(r["peak_rss_mb"]) == (r["K"] == "3"), r
+            if r["K"] == "3":
+                assert float(r["peak_rss_mb"]) > 0 and float(r["peak_delta_mb"]) >= 0
+
+
+def test_skipped_backends_recorded(tiny_run):
+    _, rows = tiny_run
+    trt = [r for r in rows if r["kind"] == "latency" and r["backend"].startswith("trt_")]
+    assert len(trt) == 4  # fp16 and int8, K = 1 and 3; device=cpu never runs TensorRT
+    for r in trt:
+        assert r["status"] == "skipped" and r["note"] and not r["median_ms"]
+
+
+def test_growth_gemm_and_text_rows(tiny_run):
+    _, rows = tiny_run
+    growth = [r for r in rows if r["kind"] == "k_growth"]
+    assert sorted(r["backend"] for r in growth) == sorted(PT_AND_ORT)
+    assert all(r["K"] == "3" and r["baseline"] == "K=1" and float(r["ratio"]) > 0 for r in growth)
+    gemm = {r["backend"]: r for r in rows if r["kind"] == "gemm"}
+    assert set(gemm) == {"torch.mm", "onnxruntime.MatMul"} and all(float(r["gemm_gflops"]) > 0 for r in gemm.values())
+    text = {(r["kind"], r["backend"]): r for r in rows if r["kind"] in {"embedding_cache", "set_classes"}}
+    assert set(text) == {(k, b) for k in ("embedding_cache", "set_classes") for b in ("uncached", "cached")}
+    assert all(r["K"] == "1203" for r in text.values())
+    assert text[("set_classes", "cached")]["baseline"] == "uncached" and text[("set_classes", "cached")]["ratio"]
+    enc = [r for r in rows if r["kind"] == "text_encoder"]
+    assert len(enc) == 1 and enc[0]["throughput_unit"] == "prompts/s" and float(enc[0]["throughput"]) > 0
+
+
+def test_plots_and_table(tiny_run):
+    out, _ = tiny_run
+    for name in ("tiny_latency_vs_k.png", "tiny_latency_vs_size.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    table = (out / "tiny.md").read_text()
+    assert "| n | 64 | 1 | 3 | ort_fixed |" in table and "skipped" in table
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_options():
+    assert "bench" not in LATER
+    q = bench.parse(["--quick"])
+    assert (q.scales, q.imgsz, q.batch, q.ks, q.stem) == (["n"], [320], [1], [1, 80, 1203], "bench_quick")
+    c = bench.parse(["--scales", "s", "--ks", "1203,80", "--backends", "ort_fixed", "--no-memory"])
+    assert c.ks == [80, 1203] and c.backends == ["ultralytics", "ultralytics_onnx", "ort_fixed"] and not c.memory
+    assert bench.BenchConfig(ks=(1, 80), imgsz=640, scales="n,s").scales == ["n", "s"]
+    with pytest.raises(ValueError, match="unknown backend"):
+        bench.BenchConfig(backends=["tensorflow"])
+    with pytest.raises(SystemExit, match="unknown argument"):
+        yw_run(["bench", "colour=blue"])
+    assert bench.ratio_stats([2.0, 3.0, 4.0], [1.0, 1.0, 2.0]) == {"median": 2.0, "min": 2.0, "max": 3.0, "n": 3}
