@@ -259,6 +259,9 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make results unreadable to others
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -1033,18 +1036,19 @@ def plot_latency_vs_k(rows: Sequence[dict], path: str | Path) -> Path:
     return p
 
 
-def plot_latency_vs_size(rows: Sequence[dict], path: str | Path, k: int | None = None) -> Path:
-    """Median ms/image vs model size at one K (80 when measured), one line per backend; one panel per imgsz/batch."""
+def plot_latency_vs_size(rows: Sequence[dict], path: str | Path, ks: Sequence[int] | None = None) -> Path:
+    """Median ms/image vs model size, one line per backend; one panel per image size / batch / K (default: K = 80
+    when measured, and the largest K)."""
     plt = _plt()
     lat = [r for r in rows if r.get("kind") == "latency" and r.get("median_ms") not in ("", None)]
-    ks = sorted({int(r["K"]) for r in lat})
-    k = k if k in ks else (80 if 80 in ks else (ks[-1] if ks else None))
-    sel = [r for r in lat if int(r["K"]) == k] if k is not None else []
-    panels = sorted({(r["imgsz"], r["batch"]) for r in sel})
+    have = sorted({int(r["K"]) for r in lat})
+    if ks is None:
+        ks = sorted({80 if 80 in have else have[0], have[-1]}) if have else []
+    panels = sorted({(int(r["imgsz"]), int(r["batch"]), int(r["K"])) for r in lat if int(r["K"]) in ks})
     n = max(1, len(panels))
     fig, axes = plt.subplots(1, n, figsize=(max(6.4, 5.2 * n), 4.4), squeeze=False)
-    for ax, (imgsz, batch) in zip(axes[0], panels):
-        here = [r for r in sel if (r["imgsz"], r["batch"]) == (imgsz, batch)]
+    for ax, (imgsz, batch, k) in zip(axes[0], panels):
+        here = [r for r in lat if (int(r["imgsz"]), int(r["batch"]), int(r["K"])) == (imgsz, batch, k)]
         scales = [s for s in SCALE_ORDER if any(r["scale"] == s for r in here)]
         for b in BACKENDS:
             pts = {r["scale"]: float(r["median_ms"]) for r in here if r["backend"] == b}
