@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 
-from yw_ext.bench import (  # noqa: E402
+from yw_ext.bench import (
     COLUMNS,
     WEIGHTS_NOTE,
     cpu_name,

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 
-from yw_ext.bench import main  # noqa: E402
+from yw_ext.bench import main
 
 if __name__ == "__main__":
     os.chdir(ROOT)  # default output folder benchmarks/results

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from yw_ext import bench
-from yw_ext.cli import LATER, run as yw_run
+from yw_ext.cli import LATER
+from yw_ext.cli import run as yw_run
 
 PT_AND_ORT = ("ultralytics", "pt_eager", "pt_folded", "ultralytics_onnx", "ort_fixed", "ort_dynvocab")
 

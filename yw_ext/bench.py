@@ -23,10 +23,11 @@ What is measured (one CSV row per measurement, see ``COLUMNS``):
 
   Every runner of one model size / image size / batch group (all K, all backends, and the GEMMs) runs once per
   round, the order reversed every other round, after warm-up rounds, with ``gap`` seconds of idle before each
-  sample (other runtimes' spinning worker threads would otherwise steal the cores). The ``ratio`` column is the median of the per-round
-  ratios backend / baseline (``ultralytics`` for PyTorch and TensorRT rows, ``ultralytics_onnx`` for ONNX Runtime
-  rows), with its min..max spread: never a ratio of two separately timed medians. ``ratio_vs_ultralytics`` is the
-  same against the PyTorch baseline for every row. Outputs are checked against the baseline's (``max_score_diff``).
+  sample (other runtimes' spinning worker threads would otherwise steal the cores). The ``ratio`` column is the
+  median of the per-round ratios backend / baseline (``ultralytics`` for PyTorch and TensorRT rows,
+  ``ultralytics_onnx`` for ONNX Runtime rows), with its min..max spread: never a ratio of two separately timed
+  medians. ``ratio_vs_ultralytics`` is the same against the PyTorch baseline for every row. Outputs are checked
+  against the baseline's (``max_score_diff``).
 - ``k_growth``: per backend, latency at K / latency at the reference K (80 when measured), per-round ratios.
 - ``gemm``: a 2048 x 2048 float32 matrix product in GFLOP/s, with ``torch.mm`` and with ONNX Runtime's MatMul
   (the faster is the machine's practical compute ceiling: on AMD EPYC ``torch.mm`` reaches only about half of what
@@ -59,6 +60,7 @@ import copy
 import csv
 import dataclasses
 import datetime as dt
+import functools
 import gc
 import json
 import logging
@@ -70,8 +72,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,7 +118,7 @@ def _version(module: str) -> str:
     """``module.__version__``, or ``""`` when it is not installed (never raises)."""
     try:
         return str(__import__(module).__version__)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
         return ""
 
 
@@ -135,7 +138,7 @@ def environment(threads: int, device: str = "cpu") -> dict[str, Any]:
     if dev.startswith("cuda") and torch.cuda.is_available():
         dev = f"{dev} ({torch.cuda.get_device_name(torch.device(dev))})"
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 - Python 3.9
         "yw_ext": _version("yw_ext"),
         "torch": torch.__version__,
         "ultralytics": _version("ultralytics"),
@@ -453,8 +456,8 @@ def _as_bool(v: Any) -> bool:
     return bool(v)
 
 
-QUICK = dict(scales=["n"], imgsz=[320], batch=[1], ks=[1, 80, 1203], pairs=3, warmup=1, reps=2, text_pairs=2,
-             gemm_runs=5)  # fmt: skip
+QUICK = {"scales": ["n"], "imgsz": [320], "batch": [1], "ks": [1, 80, 1203], "pairs": 3, "warmup": 1, "reps": 2,
+         "text_pairs": 2, "gemm_runs": 5}
 
 
 def quick_config(**overrides: Any) -> BenchConfig:
@@ -606,7 +609,7 @@ class _Group:
             self._note(backend, k, "ok", "")
         except ImportError as e:  # e.g. onnxruntime not installed
             self._note(backend, k, "skipped", f"{type(e).__name__}: {e}"[:300])
-        except Exception as e:  # recorded, the run goes on
+        except Exception as e:  # noqa: BLE001 - recorded in the CSV, the run goes on
             self._note(backend, k, "error", f"{type(e).__name__}: {e}"[:300])
 
     def _build_k(self, k: int) -> None:
@@ -640,7 +643,7 @@ class _Group:
             folded = folded.fuse(verbose=False)
             gf_text = float(get_flops(copy.deepcopy(ul_fused), imgsz))
             gf_folded = float(get_flops(copy.deepcopy(folded), imgsz))
-            ekw = dict(imgsz=imgsz, batch=batch, simplify=True, verbose=False)
+            ekw = {"imgsz": imgsz, "batch": batch, "simplify": True, "verbose": False}
 
             self._attempt("ultralytics", k, lambda: self._torch_runner(ul_fused, gf_text, "ultralytics", k))
             self._attempt("pt_eager", k, lambda: self._torch_runner(eager, gf_text, "pt_eager", k))
@@ -659,12 +662,14 @@ class _Group:
             try:
                 path = ours.export(format="onnx", dynamic_vocab=True, out=self.tmp / "yw_dynvocab.onnx", **ekw)
                 self._dyn = (path, _ort_session(path, self.cfg.threads, self.device))
-            except Exception as e:  # not retried for the other K
+            except Exception as e:  # noqa: BLE001 - recorded per K, not retried for the other K
                 self._dyn = e
         if isinstance(self._dyn, Exception):
             raise self._dyn
         path, sess = self._dyn
-        feeds = {"images": self.xn, "txt_feats": emb[None].numpy().astype(np.float32)}
+        # (B, K, D): a static-batch (B > 1) dynamic-vocabulary export rejects (1, K, D) (ONNX Runtime Reshape error)
+        txt = np.repeat(emb[None].numpy().astype(np.float32), self.batch, axis=0)
+        feeds = {"images": self.xn, "txt_feats": txt}
         return self._onnx_runner(path, gflops, feeds, k, session=sess)
 
     def _trt(self, ours: Any, gflops: float, k: int, d: Path, ekw: dict) -> None:
@@ -699,7 +704,14 @@ class _Group:
         rows: list[dict] = []
         diffs = {}
         for k in cfg.ks:  # outputs vs the Ultralytics baseline's (also a first warm-up call)
-            outs = {b: r.output() for (b, kk), r in self.runners.items() if kk == k}
+            outs = {}
+            for b, kk in list(self.runners):
+                if kk == k:
+                    try:
+                        outs[b] = self.runners[(b, k)].output()
+                    except Exception as e:  # noqa: BLE001 - recorded, the run goes on without it
+                        del self.runners[(b, k)]
+                        self._note(b, k, "error", f"{type(e).__name__}: {e}"[:300])
             ref = outs.get("ultralytics")
             for b, y in outs.items():
                 if ref is not None:
@@ -712,7 +724,7 @@ class _Group:
                     order[(b, k)] = self.runners[(b, k)].fn
         print(f"  timing {self.scale}/{self.imgsz}/b{self.batch}: {len(order) - len(gemms)} variants + GEMM, "
               f"{cfg.warmup} warm-up + {cfg.pairs} rounds x {cfg.reps} reps ...", flush=True)
-        samples, calls = interleaved_rounds(order, cfg.pairs, cfg.warmup, cfg.reps, self.sync, cfg.gap)
+        samples, _ = interleaved_rounds(order, cfg.pairs, cfg.warmup, cfg.reps, self.sync, cfg.gap)
         gemm_rates = [max(gemms[name][1] / samples[("gemm", name)][i] for name in gemms) for i in range(cfg.pairs)]
         gemm_med = statistics.median(gemm_rates)  # per round: the faster GEMM engine
         mem = self._memory()
@@ -738,7 +750,8 @@ class _Group:
                     s = ratio_stats(samples[(b, k)], samples[base_key])
                     row.update(ratio=_r(s["median"], 4), ratio_min=_r(s["min"], 4), ratio_max=_r(s["max"], 4))
                 if ("ultralytics", k) in samples:
-                    row["ratio_vs_ultralytics"] = _r(ratio_stats(samples[(b, k)], samples[("ultralytics", k)])["median"], 4)
+                    s_ul = ratio_stats(samples[(b, k)], samples[("ultralytics", k)])
+                    row["ratio_vs_ultralytics"] = _r(s_ul["median"], 4)
                 if r.gflops > 0:
                     frac = [r.gflops * self.batch / t / g for t, g in zip(samples[(b, k)], gemm_rates)]
                     row.update(gflops=_r(r.gflops, 3), achieved_gflops=_r(r.gflops / (med / 1000), 2),
@@ -774,11 +787,13 @@ class _Group:
         for (b, k), r in self.runners.items():
             if k != self.mem_k:
                 continue
-            if r.mem is None:
+            if str(self.device).startswith("cuda"):
+                out[(b, k)] = {"error": "peak memory is measured for CPU runs only"}
+            elif r.mem is None:
                 out[(b, k)] = {"error": "not measured for this backend"}
-                continue
-            spec = {**r.mem, "threads": self.cfg.threads, "input": list(self.xn.shape), "runs": 3}
-            out[(b, k)] = memory_in_subprocess(spec)
+            else:
+                spec = {**r.mem, "threads": self.cfg.threads, "input": list(self.xn.shape), "runs": 3}
+                out[(b, k)] = memory_in_subprocess(spec)
         return out
 
 
@@ -848,7 +863,7 @@ def memory_in_subprocess(spec: dict, timeout: float = 300) -> dict:
     code = "import sys; from yw_ext.bench import memory_child; memory_child(sys.argv[1])"
     try:
         p = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
-                           timeout=timeout, env=env)
+                           timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in p.stdout.splitlines():
@@ -866,7 +881,8 @@ def lvis_names() -> list[str]:
         >>> len(lvis_names())
         1203
     """
-    from ultralytics.utils import ROOT as UL_ROOT, YAML
+    from ultralytics.utils import ROOT as UL_ROOT
+    from ultralytics.utils import YAML
 
     names = YAML.load(UL_ROOT / "cfg" / "datasets" / "lvis.yaml")["names"]
     return [names[i] for i in sorted(names)]
@@ -924,13 +940,13 @@ def bench_text(cfg: BenchConfig, env: dict) -> list[dict]:
     for _ in range(cfg.text_pairs):
         enc_t.append(timed(lambda: encode_texts(enc, names, cache=False), sync))
         with tempfile.TemporaryDirectory(prefix="yw_bench_cache_") as d:
-            cache = EmbeddingCache(d)
-            cold_t.append(timed(lambda: encode_texts(enc, names, cache=cache), sync))
-            warm_t.append(timed(lambda: encode_texts(enc, names, cache=cache), sync))
+            enc_cached = functools.partial(encode_texts, enc, names, cache=EmbeddingCache(d))
+            cold_t.append(timed(enc_cached, sync))  # empty cache
+            warm_t.append(timed(enc_cached, sync))  # every name cached
         with tempfile.TemporaryDirectory(prefix="yw_bench_cache_") as d:
-            cache = EmbeddingCache(d)
-            set_cold.append(timed(lambda: model.set_classes(names, encoder=enc, cache=cache), sync))
-            set_warm.append(timed(lambda: model.set_classes(names, encoder=enc, cache=cache), sync))
+            set_cached = functools.partial(model.set_classes, names, encoder=enc, cache=EmbeddingCache(d))
+            set_cold.append(timed(set_cached, sync))
+            set_warm.append(timed(set_cached, sync))
     base = {**env, "scale": cfg.scales[0], "K": len(names), "status": "ok", "pairs": cfg.text_pairs, "reps": 1}
     med = statistics.median(enc_t)
     rows = [{**base, "kind": "text_encoder", "backend": label, "note": "encode_texts(cache=False), LVIS names",
@@ -957,11 +973,12 @@ def format_table(rows: Sequence[dict]) -> str:
     """Markdown tables of the latency, K-growth, GEMM and text rows.
 
     Examples:
-        >>> print(format_table([]).splitlines()[0])
-        | model | imgsz | batch | K | backend | ms/img median | p90 | img/s | ratio [min-max] | vs | GFLOP/s | of GEMM | peak MB (+run) | status |
+        >>> format_table([]).splitlines()[0][:39]
+        '| model | imgsz | batch | K | backend |'
     """
-    out = ["| model | imgsz | batch | K | backend | ms/img median | p90 | img/s | ratio [min-max] | vs | GFLOP/s | "
-           "of GEMM | peak MB (+run) | status |", "|" + "---|" * 14]
+    head = ("| model | imgsz | batch | K | backend | ms/img median | p90 | img/s | ratio [min-max] | vs | GFLOP/s | "
+            "of GEMM | peak MB (+run) | status |")
+    out = [head, "|" + "---|" * 14]
     for r in rows:
         if r.get("kind") != "latency":
             continue
@@ -977,7 +994,8 @@ def format_table(rows: Sequence[dict]) -> str:
                    f"{status} |")
     growth = [r for r in rows if r.get("kind") == "k_growth"]
     if growth:
-        out += ["", "| model | imgsz | batch | backend | K | latency / latency at | ratio [min-max] |", "|" + "---|" * 7]
+        out += ["", "| model | imgsz | batch | backend | K | latency / latency at | ratio [min-max] |",
+                "|" + "---|" * 7]
         for r in growth:
             out.append(f"| {r['scale']} | {r['imgsz']} | {r['batch']} | {r['backend']} | {r['K']} | {r['baseline']} | "
                        f"{float(r['ratio']):.2f} [{float(r['ratio_min']):.2f}-{float(r['ratio_max']):.2f}] |")
