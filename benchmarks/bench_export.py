@@ -35,56 +35,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import csv
-import datetime as dt
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+# common (benchmarks/common.py) first: it puts the repository on sys.path and makes Ultralytics offline
+from common import (COCO128, RESULTS, environment, interleaved_rounds, ort_session, randomize_, ratio_stats,
+                    write_csv_atomic)  # fmt: skip
 
-RESULTS = ROOT / "benchmarks" / "results"
-COCO128 = ROOT.parent / "shared" / "data" / "coco128"
 REFERENCE = "ult_onnx"
-
-
-def cpu_name() -> str:
-    """The CPU model name (``/proc/cpuinfo``), else ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-default BatchNorm statistics and contrastive-head scalars (as the tests do), so outputs are not trivial."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            if hasattr(m, "logit_scale") and isinstance(getattr(m, "bias", None), torch.nn.Parameter):
-                m.bias.fill_(-1.0)
-                m.logit_scale.fill_(1.0)
-    return model
 
 
 @contextlib.contextmanager
@@ -95,59 +60,6 @@ def cwd(path: Path):
         yield
     finally:
         os.chdir(old)
-
-
-def ort_session(path: str | Path, threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-def run_rounds(runners: dict[str, Callable[[], object]], rounds: int, warmup: int, reps: int) -> dict[str, list[float]]:
-    """Every runner once per round (fastest of ``reps`` calls), order rotated each round; index-aligned lists."""
-    names = list(runners)
-    for _ in range(warmup):
-        for n in names:
-            runners[n]()
-    times = {n: [] for n in names}
-    for r in range(rounds):
-        k = r % len(names)
-        for n in names[k:] + names[:k]:
-            times[n].append(min(timed(runners[n]) for _ in range(reps)))
-    return times
-
-
-def ratio_stats(times: dict[str, list[float]], a: str, b: str) -> dict[str, float]:
-    """Median and min..max of the per-round ratios ``a / b``.
-
-    Examples:
-        >>> ratio_stats({"a": [2.0, 3.0, 4.0], "b": [1.0, 1.0, 2.0]}, "a", "b")
-        {'median': 2.0, 'min': 2.0, 'max': 3.0, 'n': 3}
-    """
-    r = [x / y for x, y in zip(times[a], times[b])]
-    return {"median": statistics.median(r), "min": min(r), "max": max(r), "n": len(r)}
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def image(imgsz: int) -> np.ndarray:
@@ -167,7 +79,7 @@ def build(scale: str, k: int, imgsz: int, tmp: Path, seed: int = 0):
 
     torch.manual_seed(seed)
     ul = UYOLOWorld(f"yolov8{scale}-worldv2.yaml")
-    randomize_(ul.model, seed)
+    randomize_(ul.model, seed, fp16_exact=False)  # BatchNorm statistics and head scalars only
     emb = F.normalize(torch.randn(k, 512, generator=torch.Generator().manual_seed(seed + k)), dim=-1)
     names = [f"class{i}" for i in range(k)]
     ul.model.txt_feats = emb[None]
@@ -229,21 +141,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import logging
 
     import onnx
-    import onnxruntime
-    import ultralytics
-
-    import yw_ext
     from ultralytics.utils import LOGGER
 
     LOGGER.setLevel(logging.WARNING)  # export chatter
     ks = [int(v) for v in a.ks.split(",")]
     x = image(a.imgsz)
     rows: list[dict] = []
+    env = environment(a.threads)
     base = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "yw_ext": yw_ext.__version__, "torch": torch.__version__, "ultralytics": ultralytics.__version__,
-        "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
-        "device": f"CPU {cpu_name()} ({os.cpu_count()} logical cores)", "threads": a.threads,
+        **{k: env[k] for k in ("date", "yw_ext", "torch", "ultralytics", "onnxruntime")}, "onnx": onnx.__version__,
+        "device": f"CPU {env['cpu']}", "threads": a.threads,
         "scale": a.scale, "imgsz": a.imgsz, "batch": 1, "rounds": a.rounds, "reps": a.reps,
     }  # fmt: skip
 
@@ -277,32 +184,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
             runners["pt_eager"] = pt_runner(eager)
             runners["pt_folded"] = pt_runner(folded)
             print(f"K={k}: timing {list(runners)} ({a.rounds} rounds x {a.reps} reps)...", flush=True)
-            times = run_rounds(runners, a.rounds, a.warmup, a.reps)
+            times, _ = interleaved_rounds(runners, a.rounds, a.warmup, a.reps, rotate=True)  # order rotated
             for n, t in times.items():
                 row("latency_median", k, n, f"{1000 * statistics.median(t):.1f}", f"{1000 * min(t):.1f}",
                     f"{1000 * max(t):.1f}", len(t), "ms")
             for n in times:
                 if n != REFERENCE:
-                    s = ratio_stats(times, n, REFERENCE)
+                    s = ratio_stats(times[n], times[REFERENCE])
                     row("ratio", k, f"{n}/{REFERENCE}", f"{s['median']:.3f}", f"{s['min']:.3f}", f"{s['max']:.3f}",
                         s["n"])
-            s = ratio_stats(times, REFERENCE, "pt_eager")
+            s = ratio_stats(times[REFERENCE], times["pt_eager"])
             row("ratio", k, f"{REFERENCE}/pt_eager", f"{s['median']:.3f}", f"{s['min']:.3f}", f"{s['max']:.3f}", s["n"])
-            s = ratio_stats(times, "yw_fixed", "pt_eager")
+            s = ratio_stats(times["yw_fixed"], times["pt_eager"])
             row("ratio", k, "yw_fixed/pt_eager", f"{s['median']:.3f}", f"{s['min']:.3f}", f"{s['max']:.3f}", s["n"])
             if a.int8 and k == ks[0]:
                 int8_rows(a, ours, files["yw_fixed"], tmp / f"k{k}", x, row, k)
             del sessions, runners
     out = Path(a.out)
-    fields = list(rows[0])
-
-    def write_csv(p: Path) -> None:
-        with open(p, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-
-    write_atomic(out, write_csv)
+    write_csv_atomic(out, rows, columns=list(rows[0]))
     for r in rows:
         if r["kind"] in {"ratio", "latency_median", "int8_ratio", "int8_scores", "max_abs_score_diff_vs_pytorch"}:
             spread = f" [{r['spread_min']}..{r['spread_max']}]" if r["spread_min"] != "" else ""
@@ -324,9 +223,9 @@ def int8_rows(a, ours, f32: str, d: Path, x: np.ndarray, row, k: int) -> None:
                      out=d / "yw_fixed_int8.onnx")
     row("int8_export_seconds", k, "yw_fixed_int8", f"{time.perf_counter() - t:.1f}", unit="s")
     s32, s8 = ort_session(f32, a.threads), ort_session(f8, a.threads)
-    times = run_rounds({"fp32": lambda: s32.run(None, {"images": x}), "int8": lambda: s8.run(None, {"images": x})},
-                       a.rounds, a.warmup, a.reps)
-    s = ratio_stats(times, "int8", "fp32")
+    runners = {"fp32": lambda: s32.run(None, {"images": x}), "int8": lambda: s8.run(None, {"images": x})}
+    times, _ = interleaved_rounds(runners, a.rounds, a.warmup, a.reps, rotate=True)
+    s = ratio_stats(times["int8"], times["fp32"])
     row("int8_ratio", k, "int8/fp32", f"{s['median']:.3f}", f"{s['min']:.3f}", f"{s['max']:.3f}", s["n"])
     for n, tt in times.items():
         row("latency_median", k, f"onnx_{n}", f"{1000 * statistics.median(tt):.1f}", f"{1000 * min(tt):.1f}",

@@ -23,24 +23,19 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+import torch
 
-import torch  # noqa: E402
+# common (benchmarks/common.py) first: it puts the repository on sys.path and makes Ultralytics offline
+from common import COCO128, RESULTS, append_csv_atomic, cpu_name, interleaved_rounds, link_coco128
 
 COLUMNS = ("date", "ultralytics", "torch", "device", "cpu", "threads", "model", "imgsz", "batch", "classes", "pairs",
            "full_ms", "prompt_ms", "ratio_median", "ratio_p25", "ratio_p75", "full_peak_mb", "prompt_peak_mb",
@@ -54,15 +49,8 @@ def linked_batch(coco128: Path, root: Path, n: int, imgsz: int) -> dict:
     from ultralytics.data import YOLODataset
     from ultralytics.utils import YAML
 
-    for sub in ("images", "labels"):
-        (root / sub / "train").mkdir(parents=True, exist_ok=True)
-    labels = coco128 / "labels" / "train2017"
-    images = [p for p in sorted((coco128 / "images" / "train2017").glob("*.jpg"))
-              if (labels / f"{p.stem}.txt").is_file()]  # fmt: skip
-    for im in images[:n]:
-        (root / "images" / "train" / im.name).symlink_to(im)
-        (root / "labels" / "train" / f"{im.stem}.txt").symlink_to(labels / f"{im.stem}.txt")
-    names = YAML.load(coco128 / "coco128.yaml")["names"]
+    link_coco128(coco128, root, n)
+    names = YAML.load(Path(coco128) / "coco128.yaml")["names"]
     data = {"names": names, "nc": len(names), "channels": 3}
     ds = YOLODataset(img_path=str(root / "images" / "train"), imgsz=imgsz, augment=False,
                      hyp=get_cfg(overrides=dict(imgsz=imgsz)), data=data, task="detect", batch_size=n)  # fmt: skip
@@ -169,38 +157,10 @@ def measure_memory(args: argparse.Namespace, variant: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# ---------------------------------------------------------------------------------------------------------- output
-def write_csv_atomic(path: Path, rows: list[dict]) -> None:
-    """Append ``rows`` to the CSV at ``path`` (rewritten through a temporary file and ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = list(csv.DictReader(path.open())) if path.is_file() else []
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(old + rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def cpu_name() -> str:
-    """The CPU model name (Linux), else ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     """Parse arguments, time interleaved pairs, measure memory, print and record."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--coco128", default=str(ROOT.parent / "shared" / "data" / "coco128"))
+    ap.add_argument("--coco128", default=str(COCO128))
     ap.add_argument("--model", default="yw-v2-n.yaml")
     ap.add_argument("--imgsz", type=int, default=320)
     ap.add_argument("--batch", type=int, default=8)
@@ -208,7 +168,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--csv", default=str(ROOT / "benchmarks" / "results" / "prompt.csv"))
+    ap.add_argument("--csv", default=str(RESULTS / "prompt.csv"))
     ap.add_argument("--memory-child", choices=("full", "prompt"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -220,16 +180,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="yw_bench_prompt_") as d:
         batch = linked_batch(Path(args.coco128), Path(d), args.batch, args.imgsz)
     steps = make_steps(args.model, batch, args.device)
-    for _ in range(args.warmup):
-        steps["full"]()
-        steps["prompt"]()
-    times = {"full": [], "prompt": []}
-    for i in range(args.pairs):
-        order = ("full", "prompt") if i % 2 == 0 else ("prompt", "full")
-        for name in order:
-            t = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - t)
+    times, _ = interleaved_rounds(steps, args.pairs, args.warmup)  # full, prompt / prompt, full / ...
     ratios = sorted(p / f for p, f in zip(times["prompt"], times["full"]))
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     del steps
@@ -245,7 +196,7 @@ def main() -> None:
         memory_ratio=round(mem["prompt"]["peak_mb"] / max(mem["full"]["peak_mb"], 1e-9), 3),
         memory_method=mem["full"]["method"],
     )  # fmt: skip
-    write_csv_atomic(Path(args.csv), [row])
+    append_csv_atomic(args.csv, [row], COLUMNS)
     verdict = "OK" if row["ratio_median"] <= 0.75 else "ABOVE TARGET"
     print(f"\n{args.model} {args.imgsz}px batch {args.batch}, {args.device}, {args.threads} thread(s), "
           f"{args.pairs} pairs:")

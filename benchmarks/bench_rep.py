@@ -39,29 +39,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import datetime as dt
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+# common (benchmarks/common.py) first: it puts the repository on sys.path and makes Ultralytics offline
+from common import RESULTS, environment, interleaved_rounds, ort_session, ratio_stats, write_atomic, write_csv_atomic
+from yw_ext.nn.model import YWDetectionModel
+from yw_ext.nn.rep import reparameterize
 
-from yw_ext.nn.model import YWDetectionModel  # noqa: E402
-from yw_ext.nn.rep import reparameterize  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS = ("original_k80", "folded_k80", "original_k1203", "folded_k1203")
 RATIOS = (
     ("folded_k80", "original_k80"),
@@ -69,22 +60,6 @@ RATIOS = (
     ("original_k1203", "original_k80"),
     ("folded_k1203", "original_k1203"),
 )
-
-
-def cpu_name() -> str:
-    """The CPU model name (from /proc/cpuinfo on Linux), else ``platform.processor()``.
-
-    Examples:
-        >>> isinstance(cpu_name(), str)
-        True
-    """
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_models(scale: str, ks: tuple[int, ...], seed: int = 0) -> dict[str, YWDetectionModel]:
@@ -129,67 +104,6 @@ def export_onnx(model: torch.nn.Module, imgsz: int, path: Path) -> Path:
     except ImportError:
         pass
     return path
-
-
-def ort_session(path: Path, threads: int):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def timed(fn, clock=time.perf_counter) -> float:
-    """Seconds taken by one call of ``fn`` on ``clock``."""
-    t = clock()
-    fn()
-    return clock() - t
-
-
-def run_rounds(
-    runners: dict[str, Callable[[], object]], rounds: int, warmup: int, reps: int = 1, clock=time.perf_counter
-) -> dict[str, list[float]]:
-    """Time every runner once per round (fastest of ``reps`` runs), in alternating order, after ``warmup`` rounds.
-
-    Returns:
-        Per variant, its ``rounds`` timings (seconds), index-aligned so that per-round ratios are paired.
-    """
-    names = list(runners)
-    for _ in range(warmup):
-        for n in names:
-            runners[n]()
-    times = {n: [] for n in names}
-    for r in range(rounds):
-        for n in names if r % 2 == 0 else names[::-1]:
-            times[n].append(min(timed(runners[n], clock) for _ in range(reps)))
-    return times
-
-
-def ratio_stats(times: dict[str, list[float]], a: str, b: str) -> dict[str, float]:
-    """Median and spread of the per-round ratios ``a / b``.
-
-    Examples:
-        >>> ratio_stats({"a": [2.0, 3.0, 4.0], "b": [1.0, 1.0, 2.0]}, "a", "b")
-        {'median': 2.0, 'min': 2.0, 'max': 3.0, 'n': 3}
-    """
-    r = [x / y for x, y in zip(times[a], times[b])]
-    return {"median": statistics.median(r), "min": min(r), "max": max(r), "n": len(r)}
-
-
-def write_atomic(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -259,15 +173,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ap.error("--clock cpu measures the calling thread only: use it with --threads 1")
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
-    import ultralytics
     from ultralytics.utils.torch_utils import get_flops
 
-    try:
-        import onnxruntime
-
-        ort_version = onnxruntime.__version__
-    except ImportError:
-        ort_version = ""
+    env = environment(args.threads)
+    ort_version = env["onnxruntime"]  # "" when not installed
     backends = [b for b in args.backends.split(",") if b and (b != "onnxruntime" or ort_version)]
     print(f"building {args.scale} models (K = 80, 1203), original and folded ...", flush=True)
     models = build_models(args.scale, (80, 1203))
@@ -280,11 +189,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             assert box < 1e-2 and logit < 1e-3, (box, logit)
 
     meta = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "ultralytics": ultralytics.__version__,
-        "onnxruntime": ort_version,
-        "device": f"CPU {cpu_name()} ({os.cpu_count()} logical cores)",
+        **{k: env[k] for k in ("date", "torch", "ultralytics", "onnxruntime")},
+        "device": f"CPU {env['cpu']}",
         "threads": args.threads,
         "scale": args.scale,
         "imgsz": args.imgsz,
@@ -327,24 +233,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 raise ValueError(f"unknown backend {be!r}")
             print(f"timing {be}: {args.warmup} warm-up + {args.rounds} rounds x {len(runners)} variants x {args.reps} "
                   "reps ...", flush=True)  # fmt: skip
-            times = run_rounds(runners, args.rounds, args.warmup, args.reps, clock)
+            times, _ = interleaved_rounds(runners, args.rounds, args.warmup, args.reps, clock=clock)
             for v in VARIANTS:
                 row("latency_ms", be, v, round(1000 * statistics.median(times[v]), 2),
                     round(1000 * min(times[v]), 2), round(1000 * max(times[v]), 2), len(times[v]), "ms")  # fmt: skip
             for a, b in RATIOS:
-                s = ratio_stats(times, a, b)
+                s = ratio_stats(times[a], times[b])
                 row("ratio", be, f"{a}/{b}", round(s["median"], 4), round(s["min"], 4), round(s["max"], 4), s["n"], "x")
 
     out = Path(args.out)
-    fields = list(rows[0])
-
-    def write_csv(p: Path) -> None:
-        with open(p, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-
-    write_atomic(out, write_csv)
+    write_csv_atomic(out, rows, columns=list(rows[0]))
     title = (
         f"yw_ext RepVL-PAN: {args.scale} @ {args.imgsz}, {args.threads} thread(s), {args.clock} clock, "
         f"{meta['device']}\ntorch {meta['torch']}, ultralytics {meta['ultralytics']}, onnxruntime {ort_version}, "

@@ -19,59 +19,20 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from yw_ext.text import CLIPTextEncoder, EmbeddingCache, encode_texts, load_clip  # noqa: E402
+# common (benchmarks/common.py) first: it puts the repository on sys.path
+from common import RESULTS, lvis_names, random_text_encoder, write_csv_atomic
+from yw_ext.text import EmbeddingCache, encode_texts, load_clip
 
 COLUMNS = ("date", "torch", "open_clip", "device", "threads", "encoder", "n_texts", "cold_s", "warm_s", "ratio")
-
-
-def lvis_names() -> list[str]:
-    """The 1203 LVIS class names from Ultralytics' ``lvis.yaml`` (synonyms kept as written, e.g. 'a/b')."""
-    from ultralytics.utils import ROOT as UL_ROOT, YAML
-
-    names = YAML.load(UL_ROOT / "cfg" / "datasets" / "lvis.yaml")["names"]
-    return [names[i] for i in sorted(names)]
-
-
-def random_encoder(kind: str, seed: int = 0) -> CLIPTextEncoder:
-    """A random-weight CLIP text encoder (text tower only), built with open_clip; no download."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-
-    width, layers, heads = {"tiny": (64, 2, 1), "vit-b-32": (512, 12, 8)}[kind]
-    torch.manual_seed(seed)
-    model = CLIP(512, vision_cfg=CLIPVisionCfg(layers=1, width=64, patch_size=32, image_size=32),
-                 text_cfg=CLIPTextCfg(width=width, layers=layers, heads=heads), quick_gelu=True,
-                 cast_dtype=torch.float32)
-    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("visual.")}  # text tower only
-    return CLIPTextEncoder.from_openai_state_dict(sd, source=f"random {kind}")
-
-
-def write_csv_atomic(path: Path, rows: list[dict]) -> None:
-    """Write ``rows`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_pair(enc, texts: list[str], batch: int) -> tuple[float, float]:
@@ -97,14 +58,17 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "text_cache.csv")
+    p.add_argument("--out", type=Path, default=RESULTS / "text_cache.csv")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     import open_clip
 
-    enc = load_clip(device=args.device) if os.environ.get("YW_CLIP") else random_encoder(args.encoder).to(args.device)
+    if os.environ.get("YW_CLIP"):
+        enc = load_clip(device=args.device)
+    else:
+        enc = random_text_encoder(args.encoder).to(args.device)
     texts = lvis_names()
     print(f"encoder {enc.identity} ({enc.source}), {len(texts)} texts, device {args.device}, "
           f"{torch.get_num_threads()} threads")
@@ -123,7 +87,7 @@ def main(argv=None) -> list[dict]:
     warms = [float(r["warm_s"]) for r in rows]
     print(f"median warm/cold ratio {statistics.median(ratios):.4f} (range {min(ratios):.4f}-{max(ratios):.4f}); "
           f"median cold {statistics.median(colds) * 1e3:.1f} ms, warm {statistics.median(warms) * 1e3:.1f} ms")
-    write_csv_atomic(args.out, rows)
+    write_csv_atomic(args.out, rows, COLUMNS)
     print(f"wrote {args.out}")
     return rows
 

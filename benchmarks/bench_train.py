@@ -22,42 +22,22 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+# common (benchmarks/common.py) first: it puts the repository on sys.path and makes Ultralytics offline
+from common import COCO128, RESULTS, append_csv_atomic, link_coco128
 
 COLUMNS = ("date", "yw_ext", "ultralytics", "torch", "device", "threads", "scale", "imgsz", "batch", "images", "pairs",
            "yw_ms", "ultralytics_ms", "ratio_median", "ratio_min", "ratio_max")  # fmt: skip
-
-
-def linked_subset(coco128: Path, root: Path, n: int) -> Path:
-    """Dataset YAML over ``n`` COCO128 train images linked into ``root``."""
-    from ultralytics.utils import YAML
-
-    for sub in ("images", "labels"):
-        (root / sub / "train").mkdir(parents=True, exist_ok=True)
-    for im in sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:n]:
-        (root / "images" / "train" / im.name).symlink_to(im)
-        lb = coco128 / "labels" / "train2017" / f"{im.stem}.txt"
-        if lb.is_file():
-            (root / "labels" / "train" / lb.name).symlink_to(lb)
-    names = YAML.load(coco128 / "coco128.yaml")["names"]
-    YAML.save(root / "data.yaml", {"path": str(root), "train": "images/train", "val": "images/train", "names": names})
-    return root / "data.yaml"
 
 
 def text_table(names: list[str], dim: int = 512, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -118,26 +98,10 @@ def forever(loader):
         yield from loader
 
 
-def write_csv_atomic(path: Path, rows: list[dict]) -> None:
-    """Append ``rows`` to the CSV at ``path`` (rewritten through a temporary file and ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = list(csv.DictReader(path.open())) if path.is_file() else []
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(old + rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main() -> None:
     """Set up both trainers, time interleaved steps, print and record the ratio."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--coco128", default=str(ROOT.parent / "shared" / "data" / "coco128"))
+    ap.add_argument("--coco128", default=str(COCO128))
     ap.add_argument("--scale", default="n")
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--imgsz", type=int, default=256)
@@ -146,7 +110,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (Ultralytics uses cpu_count - 1)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--csv", default=str(ROOT / "benchmarks" / "results" / "train.csv"))
+    ap.add_argument("--csv", default=str(RESULTS / "train.csv"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -157,7 +121,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="yw_bench_train_") as d:
         d = Path(d)
-        data = linked_subset(Path(args.coco128), d / "data", args.images)
+        data = link_coco128(args.coco128, d / "data", args.images, labelled_only=False)
         table = text_table(list(YAML.load(data)["names"].values()))
         yw_cls, ul_cls = make_trainers(table)
         common = dict(data=str(data), epochs=1, imgsz=args.imgsz, batch=args.batch, workers=0, device=args.device,
@@ -191,7 +155,7 @@ def main() -> None:
         pairs=args.pairs, yw_ms=round(statistics.median(yw) * 1e3, 1), ultralytics_ms=round(statistics.median(ul) * 1e3, 1),
         ratio_median=round(statistics.median(ratios), 4), ratio_min=round(min(ratios), 4), ratio_max=round(max(ratios), 4),
     )  # fmt: skip
-    write_csv_atomic(Path(args.csv), [row])
+    append_csv_atomic(args.csv, [row], COLUMNS)
     print(f"train step ({args.scale}, imgsz {args.imgsz}, batch {args.batch}, {row['threads']} threads, {row['device']}): "
           f"yw_ext {row['yw_ms']} ms vs Ultralytics WorldTrainer {row['ultralytics_ms']} ms; median ratio "
           f"{row['ratio_median']} (min {row['ratio_min']}, max {row['ratio_max']}, {args.pairs} pairs) -> {args.csv}")  # fmt: skip

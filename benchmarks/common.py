@@ -1,9 +1,10 @@
 # yw_ext, AGPL-3.0 license
-"""Shared timing helpers for the scripts in ``benchmarks/``: warm-up, interleaved rounds, median of pairwise ratios,
-environment columns, atomic CSV / file writes, GEMM ceiling, plots.
+"""Shared helpers for the scripts in ``benchmarks/``: warm-up, interleaved rounds, median of pairwise ratios,
+environment columns, atomic CSV / file writes (and appends), ONNX Runtime sessions, GEMM ceiling, plots, random
+weights and CLIP text towers, COCO128 subsets linked into a temporary dataset.
 
 They live in ``yw_ext.bench`` (so that ``yw bench`` has them in an installed package) and are re-exported here.
-New scripts should use them instead of their own copies; the method is described in ``benchmarks/README.md``.
+Every script here imports them rather than keeping its own copy; the method is described in ``benchmarks/README.md``.
 
 Examples:
     >>> from common import interleaved_rounds, ratio_stats
@@ -27,18 +28,23 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 from yw_ext.bench import (
     COLUMNS,
     WEIGHTS_NOTE,
+    append_csv_atomic,
     cpu_name,
     environment,
     gemm_runners,
     interleaved_rounds,
+    link_coco128,
     lvis_names,
     measure_gemm,
+    ort_session,
     percentile,
     plot_latency_vs_k,
     plot_latency_vs_size,
+    random_clip_state_dict,
     random_text_encoder,
     randomize_,
     ratio_stats,
+    save_random_clip,
     timed,
     warm_up,
     write_atomic,
@@ -46,9 +52,11 @@ from yw_ext.bench import (
 )
 
 RESULTS = ROOT / "benchmarks" / "results"
+COCO128 = ROOT.parent / "shared" / "data" / "coco128"
 
 __all__ = [
-    "COLUMNS", "RESULTS", "ROOT", "WEIGHTS_NOTE", "cpu_name", "environment", "gemm_runners", "interleaved_rounds",
-    "lvis_names", "measure_gemm", "percentile", "plot_latency_vs_k", "plot_latency_vs_size", "random_text_encoder",
-    "randomize_", "ratio_stats", "timed", "warm_up", "write_atomic", "write_csv_atomic",
+    "COCO128", "COLUMNS", "RESULTS", "ROOT", "WEIGHTS_NOTE", "append_csv_atomic", "cpu_name", "environment",
+    "gemm_runners", "interleaved_rounds", "link_coco128", "lvis_names", "measure_gemm", "ort_session", "percentile",
+    "plot_latency_vs_k", "plot_latency_vs_size", "random_clip_state_dict", "random_text_encoder", "randomize_",
+    "ratio_stats", "save_random_clip", "timed", "warm_up", "write_atomic", "write_csv_atomic",
 ]  # fmt: skip

@@ -15,20 +15,16 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+import torch
 
-import torch  # noqa: E402
+# common (benchmarks/common.py) first: it puts the repository on sys.path and makes Ultralytics offline
+from common import COCO128, RESULTS, append_csv_atomic, link_coco128, save_random_clip
 
 COLUMNS = ("date", "ultralytics", "torch", "device", "threads", "model", "images", "epochs", "imgsz", "batch",
            "clip", "map50_before", "map50_after", "map_after", "train_s")  # fmt: skip
@@ -38,53 +34,10 @@ COLUMNS = ("date", "ultralytics", "torch", "device", "threads", "model", "images
 NO_AUGMENT = dict(hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, translate=0.0, scale=0.0, fliplr=0.0, erasing=0.0)
 
 
-def random_clip_file(path: Path, seed: int = 0) -> Path:
-    """Save a random tiny CLIP text tower (width 64, 2 layers, 512-d) as an OpenAI-layout state dict."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-
-    torch.manual_seed(seed)
-    model = CLIP(512, vision_cfg=CLIPVisionCfg(layers=1, width=64, patch_size=32, image_size=32),
-                 text_cfg=CLIPTextCfg(width=64, layers=2, heads=1), quick_gelu=True, cast_dtype=torch.float32)
-    torch.save({k: v for k, v in model.state_dict().items() if not k.startswith("visual.")}, path)
-    return path
-
-
-def linked_subset(coco128: Path, root: Path, n: int) -> Path:
-    """Dataset YAML over ``n`` COCO128 train images linked into ``root`` (train = val)."""
-    from ultralytics.utils import YAML
-
-    for sub in ("images", "labels"):
-        (root / sub / "train").mkdir(parents=True, exist_ok=True)
-    images = [p for p in sorted((coco128 / "images" / "train2017").glob("*.jpg"))
-              if (coco128 / "labels" / "train2017" / f"{p.stem}.txt").is_file()][:n]  # fmt: skip
-    for im in images:
-        (root / "images" / "train" / im.name).symlink_to(im)
-        (root / "labels" / "train" / f"{im.stem}.txt").symlink_to(coco128 / "labels" / "train2017" / f"{im.stem}.txt")
-    names = YAML.load(coco128 / "coco128.yaml")["names"]
-    YAML.save(root / "data.yaml", {"path": str(root), "train": "images/train", "val": "images/train", "names": names})
-    return root / "data.yaml"
-
-
-def write_csv_atomic(path: Path, rows: list[dict]) -> None:
-    """Append ``rows`` to the CSV at ``path`` (rewritten through a temporary file and ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = list(csv.DictReader(path.open())) if path.is_file() else []
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(old + rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main() -> None:
     """Parse arguments, train, print and record mAP50 before / after."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--coco128", default=str(ROOT.parent / "shared" / "data" / "coco128"))
+    ap.add_argument("--coco128", default=str(COCO128))
     ap.add_argument("--model", default="yw-v2-n.yaml")
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=200)
@@ -92,7 +45,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr0", type=float, default=0.003)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--csv", default=str(ROOT / "benchmarks" / "results" / "learning_check.csv"))
+    ap.add_argument("--csv", default=str(RESULTS / "learning_check.csv"))
     args = ap.parse_args()
 
     import ultralytics
@@ -102,9 +55,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="yw_learning_") as d:
         d = Path(d)
         user_clip = os.environ.get("YW_CLIP")
-        os.environ["YW_CLIP"] = user_clip or str(random_clip_file(d / "random_clip.pt"))
+        os.environ["YW_CLIP"] = user_clip or str(save_random_clip(d / "random_clip.pt", "tiny"))
         os.environ.setdefault("YW_CACHE_DIR", str(d / "emb"))
-        data = linked_subset(Path(args.coco128), d / "data", args.images)
+        data = link_coco128(args.coco128, d / "data", args.images)
         common = dict(imgsz=args.imgsz, batch=args.batch, plots=False, device=args.device, verbose=False)
 
         model = yw_ext.YOLOWorld(args.model)
@@ -126,7 +79,7 @@ def main() -> None:
             map_after=round(float(after.box.map), 4), train_s=round(train_s, 1),
         )  # fmt: skip
         del metrics
-    write_csv_atomic(Path(args.csv), [row])
+    append_csv_atomic(args.csv, [row], COLUMNS)
     print(f"\nlearning check: mAP50 {row['map50_before']:.3f} -> {row['map50_after']:.3f} "
           f"(mAP50-95 {row['map_after']:.3f}) after {args.epochs} epochs on {args.images} images at {args.imgsz} px, "
           f"{row['train_s']:.0f} s; written to {args.csv}")  # fmt: skip

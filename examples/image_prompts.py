@@ -7,9 +7,14 @@ the next image with that class. The class is then detected three ways: from the 
 Needs CLIP weights with an image tower (``YW_CLIP``: OpenAI ``ViT-B-32.pt`` or a Hugging Face CLIPModel folder) and
 detector weights (``--model``, default ``l``: downloaded when online, else looked for in ``YW_WEIGHTS_DIR``).
 
+With ``--train-adapter N`` the image-prompt adapter (``mode="image_prompt"``: frozen detector, frozen CLIP image
+tower, a residual MLP trained with the detection loss) is first trained for N epochs on COCO128, and the image
+prompts then go through it; ``--adapter best_adapter.npz`` uses an adapter trained before.
+
 Examples:
     YW_CLIP=~/.cache/clip/ViT-B-32.pt python examples/image_prompts.py
     python examples/image_prompts.py --model s --cls giraffe --conf 0.05 --margin 0.1 --save
+    python examples/image_prompts.py --model s --train-adapter 10 --imgsz 320
 """
 
 from __future__ import annotations
@@ -74,6 +79,10 @@ def main() -> int:
     ap.add_argument("--alpha", type=float, default=0.5, help="text weight of the fused run (default: 0.5)")
     ap.add_argument("--margin", type=float, default=0.0, help="context around the exemplar box, fraction (default: 0)")
     ap.add_argument("--save", action="store_true", help="save the annotated image-prompt result (runs/detect/...)")
+    ap.add_argument("--adapter", type=Path, default=None, help="a trained image adapter file (best_adapter.npz)")
+    ap.add_argument("--train-adapter", type=int, default=0, metavar="N",
+                    help="first train the image adapter for N epochs on COCO128 (default: 0, no training)")
+    ap.add_argument("--imgsz", type=int, default=640, help="training / validation image size (default: 640)")
     args = ap.parse_args()
 
     if not (args.data / "coco128.yaml").is_file():
@@ -103,6 +112,16 @@ def main() -> int:
     except FileNotFoundError as e:  # weights not local and not downloadable (offline)
         print(f"Detector weights for --model {args.model!r} are not available:\n{e}")
         return 1
+
+    if args.adapter is not None:
+        model.load_image_adapter(args.adapter)
+    if args.train_adapter > 0:
+        data = str(args.data / "coco128.yaml")
+        before = model.val(data=data, image_prompts=32, imgsz=args.imgsz, plots=False, verbose=False).box.map50
+        model.train(data=data, mode="image_prompt", epochs=args.train_adapter, imgsz=args.imgsz, plots=False)
+        after = model.val(data=data, image_prompts=32, imgsz=args.imgsz, plots=False, verbose=False).box.map50
+        print(f"image-prompt mAP50 on COCO128 val (32 training crops per class): {before:.3f} with raw CLIP "
+              f"embeddings -> {after:.3f} with the trained adapter ({model.trainer.best})")
 
     print(f"exemplar: {ex_image.name} box [{', '.join(f'{v:.0f}' for v in box)}] ('{args.cls}')")
     print(f"target:   {target.name} ({len(target_boxes)} ground-truth '{args.cls}')")

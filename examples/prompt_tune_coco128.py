@@ -28,39 +28,10 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_AUGMENT = dict(mosaic=0.0, close_mosaic=0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, translate=0.0, scale=0.0, fliplr=0.0,
                   erasing=0.0)  # fmt: skip
-
-
-def random_clip(path: Path, seed: int = 0) -> Path:
-    """A random tiny CLIP text tower (width 64, 2 layers, 512-d) saved in OpenAI's layout (open_clip model)."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-
-    torch.manual_seed(seed)
-    model = CLIP(512, vision_cfg=CLIPVisionCfg(layers=1, width=64, patch_size=32, image_size=32),
-                 text_cfg=CLIPTextCfg(width=64, layers=2, heads=1), quick_gelu=True, cast_dtype=torch.float32)
-    torch.save({k: v for k, v in model.state_dict().items() if not k.startswith("visual.")}, path)
-    return path
-
-
-def coco128_subset(coco128: Path, root: Path, n: int) -> Path:
-    """Dataset YAML over the first ``n`` labelled COCO128 train images, linked into ``root`` (train = val)."""
-    from ultralytics.utils import YAML
-
-    for sub in ("images", "labels"):
-        (root / sub / "train").mkdir(parents=True, exist_ok=True)
-    labels = coco128 / "labels" / "train2017"
-    images = [p for p in sorted((coco128 / "images" / "train2017").glob("*.jpg"))
-              if (labels / f"{p.stem}.txt").is_file()]  # fmt: skip
-    for im in images[:n]:
-        (root / "images" / "train" / im.name).symlink_to(im)
-        (root / "labels" / "train" / f"{im.stem}.txt").symlink_to(labels / f"{im.stem}.txt")
-    names = YAML.load(coco128 / "coco128.yaml")["names"]
-    YAML.save(root / "data.yaml", {"path": str(root), "train": "images/train", "val": "images/train", "names": names})
-    return root / "data.yaml"
 
 
 def main() -> None:
@@ -80,12 +51,13 @@ def main() -> None:
     args = ap.parse_args()
 
     import yw_ext
+    from yw_ext.bench import link_coco128, save_random_clip
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="yw_prompt_tune_"))
     work.mkdir(parents=True, exist_ok=True)
-    os.environ["YW_CLIP"] = os.environ.get("YW_CLIP") or str(random_clip(work / "random_clip.pt"))
+    os.environ["YW_CLIP"] = os.environ.get("YW_CLIP") or str(save_random_clip(work / "random_clip.pt", "tiny"))
     os.environ.setdefault("YW_CACHE_DIR", str(work / "embeddings"))
-    data = str(coco128_subset(Path(args.coco128), work / "data", args.images) if not (work / "data").exists()
+    data = str(link_coco128(args.coco128, work / "data", args.images) if not (work / "data").exists()
                else work / "data" / "data.yaml")  # fmt: skip
     common = dict(imgsz=args.imgsz, batch=args.batch, plots=False, device="cpu", verbose=False,
                   project=str(work / "runs"))  # fmt: skip

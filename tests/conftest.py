@@ -49,6 +49,14 @@ def tiny_clip_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture
+def env(tiny_clip_file, tmp_path, monkeypatch) -> Path:
+    """Tiny CLIP (text and image towers) as ``YW_CLIP`` and a private embedding cache; returns ``tmp_path``."""
+    monkeypatch.setenv("YW_CLIP", str(tiny_clip_file))
+    monkeypatch.setenv("YW_CACHE_DIR", str(tmp_path / "emb"))
+    return tmp_path
+
+
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give BatchNorm statistics and contrastive-head scalars non-default values so parity tests can fail."""
     g = torch.Generator().manual_seed(seed)

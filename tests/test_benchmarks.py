@@ -98,3 +98,45 @@ def test_options():
     with pytest.raises(SystemExit, match="unknown argument"):
         yw_run(["bench", "colour=blue"])
     assert bench.ratio_stats([2.0, 3.0, 4.0], [1.0, 1.0, 2.0]) == {"median": 2.0, "min": 2.0, "max": 3.0, "n": 3}
+
+
+def test_interleaved_rounds_order_and_clock():
+    calls = []
+    runners = {n: (lambda n=n: calls.append(n)) for n in "abc"}
+    samples, _ = bench.interleaved_rounds(runners, rounds=3, warmup=1)
+    assert "".join(calls) == "abc" + "abc" + "cba" + "abc"  # warm-up, then the order reversed every other round
+    calls.clear()
+    bench.interleaved_rounds(runners, rounds=4, warmup=0, rotate=True)
+    assert "".join(calls) == "abc" + "bca" + "cab" + "abc"  # rotated by one runner per round
+    ticks = iter(range(100))
+    samples, _ = bench.interleaved_rounds(runners, rounds=2, warmup=0, clock=lambda: next(ticks))
+    assert samples == {n: [1, 1] for n in "abc"}
+
+
+def test_append_csv_atomic(tmp_path):
+    path = tmp_path / "sub" / "r.csv"
+    bench.append_csv_atomic(path, [{"a": 1, "extra": "dropped"}], columns=("a", "b"))
+    bench.append_csv_atomic(path, [{"b": 2}], columns=("a", "b"))
+    assert path.read_text().splitlines() == ["a,b", "1,", ",2"]
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_randomize_fp16_exact():
+    lin = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm2d(4))
+    raw = bench.randomize_(lin, seed=1, fp16_exact=False)
+    assert not torch.equal(raw[0].weight, raw[0].weight.half().float())  # default init is not float16-representable
+    rounded = bench.randomize_(raw, seed=1)
+    assert torch.equal(rounded[1].running_var, rounded[1].running_var.half().float())
+    assert torch.equal(rounded[0].weight, rounded[0].weight.half().float())
+
+
+def test_random_clip_and_coco128_subset(tmp_path, coco128):
+    sd = bench.random_clip_state_dict("tiny")
+    saved = torch.load(bench.save_random_clip(tmp_path / "clip.pt", "tiny"), weights_only=True)
+    assert sd.keys() == saved.keys() and all(torch.equal(sd[k], saved[k]) for k in sd)
+    enc = bench.random_text_encoder("tiny")
+    assert enc.encode(["a dog"]).shape == (1, 512)
+    data = bench.link_coco128(coco128, tmp_path / "data", 3)
+    images = sorted((tmp_path / "data" / "images" / "train").iterdir())
+    labels = sorted((tmp_path / "data" / "labels" / "train").iterdir())
+    assert data.is_file() and len(images) == len(labels) == 3 and all(p.is_symlink() for p in images + labels)

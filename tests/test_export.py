@@ -250,6 +250,70 @@ def test_dynamic_vocab_lvis_size_and_metadata(dynvocab, images):
     assert y.shape == (1, 4 + 1203, 189) and np.abs(y[:, 4:] - ref[:, 4:]).max() <= SCORE_TOL
 
 
+@pytest.mark.parametrize("dynamic", [False, True], ids=["fixed", "dynamic"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_dynamic_vocab_export_batch(tmp_path, images, crops, batch, dynamic):
+    """Run-time vocabulary exported with ``batch=B``: one ``(1, K, D)`` vocabulary is broadcast to every image in
+    the graph. A fixed batch declares ``txt_feats`` ``(1, K, D)``; a dynamic batch takes ``(1 or B, K, D)``. ONNX
+    Runtime == PyTorch, also with images alone (the stored vocabulary), through ``Detector`` and in the TensorRT
+    profile. (A fixed batch of 2 used to declare a dynamic text batch that onnxslim had specialised to 2: the
+    stored vocabulary and any ``(1, K, D)`` input failed in a Reshape.)"""
+    from yw_ext.export.tensorrt import engine_build_args, onnx_inputs
+    from yw_ext.runtime import Detector
+
+    sz, tol = 96, SCORE_TOL
+    model = _detector()
+    model.set_classes(NAMES, embeddings=_emb(3))
+    f = model.export(format="onnx", dynamic_vocab=True, batch=batch, dynamic=dynamic, imgsz=sz, verbose=False,
+                     out=tmp_path / "dv.onnx")
+    sess = _session(f)
+    x = torch.cat([_letterboxed(p, sz) for p in images.values()] * 2)  # bus, zidane, bus, zidane
+    x = x + 0.05 * torch.rand(x.shape, generator=torch.Generator().manual_seed(0))  # four different images
+    model.model.eval()
+    for n in ([batch, 3] if dynamic else [batch]):  # image batches
+        xb = x[:n]
+        for k in (3, 80):
+            for tb in ([1, n] if dynamic else [1]):  # text batches the input declares
+                t = (_emb(k, seed=k)[None] if tb == 1 else torch.stack([_emb(k, seed=k + i) for i in range(tb)]))
+                with torch.no_grad():
+                    ref = model.model.predict(xb, txt_feats=t)[0].numpy()  # (n, 4 + k, A)
+                (y,) = sess.run(None, {"images": xb.numpy(), "txt_feats": t.numpy()})
+                assert y.shape == ref.shape == (n, 4 + k, 189)
+                assert np.abs(y - ref).max() <= tol, (n, k, tb, np.abs(y - ref).max())
+        (y0,) = sess.run(None, {"images": xb.numpy()})  # the stored (1, K, D) vocabulary, broadcast to n images
+        with torch.no_grad():
+            ref = model.model(xb)[0].numpy()
+        assert y0.shape == (n, 7, 189) and np.abs(y0 - ref).max() <= tol
+    txt = {i.name: i.shape for i in sess.get_overridable_initializers()}["txt_feats"]
+    assert txt == (["text_batch", "prompts", 512] if dynamic else [1, "prompts", 512])
+    assert sess.get_inputs()[0].shape == (["batch", 3, "height", "width"] if dynamic else [batch, 3, sz, sz])
+    if not dynamic and batch > 1:  # one vocabulary per batch: a per-image text batch is refused, clearly
+        with pytest.raises(Exception, match="txt_feats"):
+            sess.run(None, {"images": x[:batch].numpy(), "txt_feats": _emb(3)[None].expand(batch, -1, -1).numpy()})
+    # the torch-free runtime: 3 images through a (fixed or dynamic) batch of `batch`, a run-time vocabulary; one
+    # image shape, so a batch letterboxes each image as a call with it alone does
+    det = Detector(f).set_classes(["person", "bus", "tie", "car"], embeddings=_emb(4, seed=4).numpy())
+    ims = [crops[0], np.ascontiguousarray(crops[0][:, ::-1]), np.ascontiguousarray(crops[0][::-1])]
+    many = det(ims, conf=0.25, batch=batch)
+    one = [det(im, conf=0.25)[0] for im in ims]
+    assert sum(len(d.scores) for d in many) > 0
+    for a, b in zip(many, one):
+        _same_kept(np.c_[a.boxes, a.scores, a.class_ids], np.c_[b.boxes, b.scores, b.class_ids], box_tol=1e-2)
+    if not dynamic and batch > 1:
+        with pytest.raises(ValueError, match=r"\(1, P, D\)"):
+            det.forward(x[:batch].numpy(), np.stack([_emb(4, seed=4).numpy()] * batch))
+    # TensorRT profile from the exported inputs: the text batch follows the images' batch
+    args = engine_build_args(onnx_inputs(f, include_defaults=True), batch=batch, imgsz=sz, dynamic=dynamic,
+                             prompts=(1, 3, 80))
+    prof = args["profiles"][0]
+    if dynamic:
+        assert prof["images"] == ((1, 3, 32, 32), (batch, 3, sz, sz), (batch, 3, 2 * sz, 2 * sz))
+        assert prof["txt_feats"] == ((1, 1, 512), (1, 3, 512), (batch, 80, 512))
+    else:
+        assert "images" not in prof and prof["txt_feats"] == ((1, 1, 512), (1, 3, 512), (1, 80, 512))
+    assert args["calibration_shapes"] == {"images": (batch, 3, sz, sz), "txt_feats": (1, 3, 512)}
+
+
 def test_v1_exports_with_dynamic_batch(tmp_path):
     """YOLO-World v1 (image-pooling attention; Ultralytics exports no v1): partially folded or run-time vocabulary,
     dynamic batch at a fixed image size (adaptive pooling becomes explicit slices; 128 is not a multiple of 3 x 32)."""
@@ -269,6 +333,11 @@ def test_v1_exports_with_dynamic_batch(tmp_path):
     with torch.no_grad():
         ref = model.model.predict(x, txt_feats=t)[0].numpy()
     (y,) = _session(model.export(format="onnx", dynamic_vocab=True, out=tmp_path / "v1d.onnx", **kw)).run(
+        None, {"images": x.numpy(), "txt_feats": t.numpy()})
+    assert y.shape == (2, 4 + 9, 336) and np.abs(y[:, 4:] - ref[:, 4:]).max() <= SCORE_TOL
+    # a fixed size (the pools become slices too) and a fixed batch of 2: one (1, K, D) vocabulary
+    kw = {**kw, "dynamic": False, "batch": 2}
+    (y,) = _session(model.export(format="onnx", dynamic_vocab=True, out=tmp_path / "v1f.onnx", **kw)).run(
         None, {"images": x.numpy(), "txt_feats": t.numpy()})
     assert y.shape == (2, 4 + 9, 336) and np.abs(y[:, 4:] - ref[:, 4:]).max() <= SCORE_TOL
 
@@ -391,6 +460,20 @@ def test_tensorrt_profiles_and_builder_args():
     assert dv["profiles"][0] == {"images": ((1, 3, 640, 640), (4, 3, 640, 640), (4, 3, 640, 640)),
                                  "txt_feats": ((1, 1, 512), (1, 80, 512), (4, 1203, 512))}
     assert dv["calibration_shapes"]["txt_feats"] == (1, 80, 512)
+    # fixed batch 2: txt_feats (1, K, D), broadcast in the graph; only K gets a range (whatever batch= says)
+    fb = engine_build_args({"images": [2, 3, 640, 640], "txt_feats": [1, "prompts", 512]}, batch=4,
+                           prompts=(1, 80, 1203))
+    assert fb["profiles"][0] == {"txt_feats": ((1, 1, 512), (1, 80, 512), (1, 1203, 512))}
+    assert fb["calibration_shapes"] == {"images": (2, 3, 640, 640), "txt_feats": (1, 80, 512)}
+    # a dynamic text batch next to a fixed image batch ranges over [1, that batch], not over batch=
+    tb = engine_build_args({"images": [2, 3, 640, 640], "txt_feats": ["text_batch", "prompts", 512]}, batch=1,
+                           prompts=(1, 80, 1203))
+    assert tb["profiles"][0]["txt_feats"] == ((1, 1, 512), (1, 80, 512), (2, 1203, 512))
+    assert engine_build_args({"images": [2, 3, 64, 64], "txt_feats": [2, 3, 512]})["profiles"] == [{}]
+    with pytest.raises(ValueError, match="neither 1 nor the images' batch"):
+        engine_build_args({"images": [2, 3, 640, 640], "txt_feats": [3, "prompts", 512]}, prompts=(1, 80, 1203))
+    with pytest.raises(ValueError, match="neither 1 nor the images' batch"):
+        engine_build_args({"images": ["batch", 3, 640, 640], "txt_feats": [2, 3, 512]}, batch=4)
     with pytest.raises(ValueError, match="no optimisation profile for it: pass prompts"):
         engine_build_args({"images": [1, 3, 640, 640], "txt_feats": [1, "prompts", 512]})
     with pytest.raises(ValueError, match="dynamic=True"):

@@ -26,14 +26,6 @@ TRAIN_ARGS = dict(imgsz=64, batch=2, workers=0, plots=False, device="cpu", verbo
 
 
 @pytest.fixture
-def env(tiny_clip_file, tmp_path, monkeypatch):
-    """Tiny CLIP and a private embedding cache."""
-    monkeypatch.setenv("YW_CLIP", str(tiny_clip_file))
-    monkeypatch.setenv("YW_CACHE_DIR", str(tmp_path / "emb"))
-    return tmp_path
-
-
-@pytest.fixture
 def data(coco128, tmp_path) -> dict:
     """Four COCO128 images (train = val) as a dataset YAML with COCO's 80 classes."""
     names = coco_names(coco128)
@@ -361,7 +353,7 @@ def test_bad_prompt_training_input(env, data):
         model.train(init="nope", **kw)
     with pytest.raises(ValueError, match="adapter must be True or False"):
         model.train(adapter="yes", **kw)
-    with pytest.raises(ValueError, match="applies to prompt tuning"):
+    with pytest.raises(ValueError, match="applies to mode=.prompt."):
         model.train(data=data["yaml"], init="text", epochs=1)
     with pytest.raises(ValueError, match="resume is not supported"):
         model.train(resume=True, **kw)

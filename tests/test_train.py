@@ -62,14 +62,6 @@ def synonym_json(names: dict, path: Path) -> list[list[str]]:
 
 
 @pytest.fixture
-def env(tiny_clip_file, tmp_path, monkeypatch):
-    """Tiny CLIP and a private embedding cache."""
-    monkeypatch.setenv("YW_CLIP", str(tiny_clip_file))
-    monkeypatch.setenv("YW_CACHE_DIR", str(tmp_path / "emb"))
-    return tmp_path
-
-
-@pytest.fixture
 def subset(coco128, tmp_path) -> dict:
     """Four COCO128 images as a dataset, plain and with a class-text JSON (synonyms)."""
     names = coco_names(coco128)
@@ -267,9 +259,10 @@ def test_modes_registry():
     assert isinstance(e.value, UnknownModeError)
     from yw_ext.engine.prompt_trainer import YWPromptTrainer
 
+    from yw_ext.engine.image_prompt_trainer import YWImagePromptTrainer
+
     assert get_trainer("prompt") is YWPromptTrainer  # available (tests/test_prompt_tuning.py)
-    with pytest.raises(NotImplementedError, match="image-prompt"):
-        model.train(data="coco128.yaml", mode="image_prompt")
+    assert get_trainer("image_prompt") is YWImagePromptTrainer  # tests/test_image_prompt_train.py
     with pytest.raises(ValueError, match="either trainer"):
         model.train(data="coco128.yaml", mode="finetune", trainer=YWTrainer)
     assert get_trainer() is YWTrainer and get_trainer("finetune") is YWTrainer
@@ -281,11 +274,14 @@ def test_modes_registry():
         register_mode("test_broken", "yw_ext.engine.no_such_module:Nope", description="broken")
         with pytest.raises(ModeNotAvailableError, match="cannot import"):
             get_trainer("test_broken")
+        register_mode("test_later", description="a later feature", unavailable="it lands later.")
+        with pytest.raises(NotImplementedError, match="'test_later' .* not available: it lands later"):
+            model.train(data="coco128.yaml", mode="test_later")
     finally:
         from yw_ext.engine import modes
 
-        modes._MODES.pop("test_custom", None)
-        modes._MODES.pop("test_broken", None)
+        for name in ("test_custom", "test_broken", "test_later"):
+            modes._MODES.pop(name, None)
 
 
 @pytest.mark.slow

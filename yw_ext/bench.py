@@ -151,18 +151,21 @@ def environment(threads: int, device: str = "cpu") -> dict[str, Any]:
     }
 
 
-def timed(fn: Callable[[], Any], sync: Callable[[], None] | None = None) -> float:
+def timed(fn: Callable[[], Any], sync: Callable[[], None] | None = None,
+          clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds taken by one call of ``fn`` (``sync()`` before stopping the clock, e.g. ``torch.cuda.synchronize``).
+
+    ``clock`` is wall time by default; ``time.thread_time`` times the calling thread's CPU time instead.
 
     Examples:
         >>> timed(lambda: None) >= 0
         True
     """
-    t = time.perf_counter()
+    t = clock()
     fn()
     if sync is not None:
         sync()
-    return time.perf_counter() - t
+    return clock() - t
 
 
 def warm_up(runners: dict[Hashable, Callable[[], Any]], rounds: int) -> None:
@@ -179,6 +182,8 @@ def interleaved_rounds(
     reps: int = 1,
     sync: Callable[[], None] | None = None,
     gap: float = 0.0,
+    rotate: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[dict[Hashable, list[float]], dict[Hashable, list[float]]]:
     """Time every runner once per round (A B C ... then ... C B A), after ``warmup`` untimed rounds.
 
@@ -198,6 +203,8 @@ def interleaved_rounds(
         reps: calls per sample.
         sync: called before each clock stop (e.g. ``torch.cuda.synchronize``).
         gap: seconds to sleep before each sample.
+        rotate: rotate the order by one runner per round (A B C, B C A, C A B, ...) instead of reversing it.
+        clock: the clock of ``timed`` (``time.thread_time``: the calling thread's CPU time).
 
     Returns:
         ``(samples, calls)``: per runner, the ``rounds`` per-round samples and all ``rounds * reps`` call times, in
@@ -213,10 +220,15 @@ def interleaved_rounds(
     samples: dict[Hashable, list[float]] = {n: [] for n in names}
     calls: dict[Hashable, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        for n in names if r % 2 == 0 else names[::-1]:
+        if rotate:
+            i = r % max(1, len(names))
+            order = names[i:] + names[:i]
+        else:
+            order = names if r % 2 == 0 else names[::-1]
+        for n in order:
             if gap > 0:
                 time.sleep(gap)
-            ts = [timed(runners[n], sync) for _ in range(max(1, reps))]
+            ts = [timed(runners[n], sync, clock) for _ in range(max(1, reps))]
             calls[n].extend(ts)
             samples[n].append(min(ts))
     return samples, calls
@@ -290,6 +302,25 @@ def write_csv_atomic(path: str | Path, rows: Iterable[dict], columns: Sequence[s
             w.writerows(rows)
 
     return write_atomic(path, write)
+
+
+def append_csv_atomic(path: str | Path, rows: Iterable[dict], columns: Sequence[str]) -> Path:
+    """Append ``rows`` to the CSV at ``path``: its rows so far and the new ones are rewritten atomically with
+    ``columns`` (``write_csv_atomic``); a missing file is created.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "r.csv"
+        >>> _ = append_csv_atomic(p, [{"a": 1}], columns=("a", "b"))
+        >>> append_csv_atomic(p, [{"b": 2}], columns=("a", "b")).read_text().splitlines()
+        ['a,b', '1,', ',2']
+    """
+    path = Path(path)
+    old: list[dict] = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            old = list(csv.DictReader(f))
+    return write_csv_atomic(path, old + list(rows), columns)
 
 
 def gemm_runners(n: int = GEMM_N, threads: int = 1, device: str = "cpu") -> dict[str, tuple[Callable[[], Any], float]]:
@@ -472,8 +503,9 @@ def quick_config(**overrides: Any) -> BenchConfig:
 
 
 # ================================================================================================ models
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-default BatchNorm statistics and head scalars, then every float tensor rounded to float16 values.
+def randomize_(model: torch.nn.Module, seed: int = 0, fp16_exact: bool = True) -> torch.nn.Module:
+    """Non-default BatchNorm statistics and head scalars, then (``fp16_exact``) every float tensor rounded to float16
+    values.
 
     Rounding makes Ultralytics' half-precision ``.pt`` save / load exact, so both sides hold the very same weights.
     """
@@ -488,9 +520,10 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             if hasattr(m, "logit_scale") and isinstance(getattr(m, "bias", None), torch.nn.Parameter):
                 m.bias.fill_(-1.0)
                 m.logit_scale.fill_(1.0)
-        for t in list(model.parameters()) + list(model.buffers()):
-            if t.is_floating_point():
-                t.copy_(t.half().float())
+        if fp16_exact:
+            for t in list(model.parameters()) + list(model.buffers()):
+                if t.is_floating_point():
+                    t.copy_(t.half().float())
     return model
 
 
@@ -507,7 +540,7 @@ def _quiet():
         LOGGER.setLevel(level)
 
 
-def _ort_session(path: str | Path, threads: int, device: str = "cpu"):
+def ort_session(path: str | Path, threads: int, device: str = "cpu"):
     """An ONNX Runtime session: ``threads`` intra-op threads, CUDA provider when ``device`` is CUDA and it exists."""
     import onnxruntime as ort
 
@@ -591,7 +624,7 @@ class _Group:
         return _Runner(fn, lambda: _first(fn()).float().cpu().numpy(), gflops, mem)
 
     def _onnx_runner(self, path: str | Path, gflops: float, feeds: dict, k: int, session: Any = None) -> _Runner:
-        sess = session or _ort_session(path, self.cfg.threads, self.device)
+        sess = session or ort_session(path, self.cfg.threads, self.device)
 
         def fn() -> Any:
             return sess.run(None, feeds)
@@ -661,14 +694,13 @@ class _Group:
         if self._dyn is None:  # one file serves every K
             try:
                 path = ours.export(format="onnx", dynamic_vocab=True, out=self.tmp / "yw_dynvocab.onnx", **ekw)
-                self._dyn = (path, _ort_session(path, self.cfg.threads, self.device))
+                self._dyn = (path, ort_session(path, self.cfg.threads, self.device))
             except Exception as e:  # noqa: BLE001 - recorded per K, not retried for the other K
                 self._dyn = e
         if isinstance(self._dyn, Exception):
             raise self._dyn
         path, sess = self._dyn
-        # (B, K, D): a static-batch (B > 1) dynamic-vocabulary export rejects (1, K, D) (ONNX Runtime Reshape error)
-        txt = np.repeat(emb[None].numpy().astype(np.float32), self.batch, axis=0)
+        txt = emb[None].numpy().astype(np.float32)  # (1, K, D): one vocabulary, broadcast to the batch in the graph
         feeds = {"images": self.xn, "txt_feats": txt}
         return self._onnx_runner(path, gflops, feeds, k, session=sess)
 
@@ -819,13 +851,7 @@ def memory_child(spec_json: str) -> dict:
     spec = json.loads(spec_json)
     x = np.random.default_rng(0).random(spec["input"], dtype=np.float32)
     if spec["kind"] == "onnx":
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = spec["threads"]
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(spec["path"], so, providers=["CPUExecutionProvider"])
+        sess = ort_session(spec["path"], spec["threads"])
         feeds = {"images": x}
         for name, shape in spec.get("feeds", {}).items():
             if name != "images":
@@ -888,6 +914,37 @@ def lvis_names() -> list[str]:
     return [names[i] for i in sorted(names)]
 
 
+def random_clip_state_dict(kind: str = "vit-b-32", seed: int = 0, vision: bool = False) -> dict[str, torch.Tensor]:
+    """The text tower (OpenAI state-dict layout, 512-d output) of a random-weight CLIP built with open_clip, no
+    download: ``"vit-b-32"`` size (width 512, 12 layers, 8 heads) or ``"tiny"`` (width 64, 2 layers, 1 head).
+
+    ``vision=True`` keeps an image tower too: a tiny ViT (224 px, patch 32, width 64, 2 layers, 1 head, which is
+    what OpenAI-layout loaders infer from width 64), for image prompts.
+
+    Examples:
+        >>> sd = random_clip_state_dict("tiny")
+        >>> sd["text_projection"].shape, any(k.startswith("visual.") for k in sd)
+        (torch.Size([64, 512]), False)
+        >>> random_clip_state_dict("tiny", vision=True)["visual.proj"].shape
+        torch.Size([64, 512])
+    """
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    width, layers, heads = {"tiny": (64, 2, 1), "vit-b-32": (512, 12, 8)}[kind]
+    torch.manual_seed(seed)
+    vcfg = (CLIPVisionCfg(layers=2, width=64, head_width=64, patch_size=32, image_size=224) if vision
+            else CLIPVisionCfg(layers=1, width=64, patch_size=32, image_size=32))  # fmt: skip
+    model = CLIP(512, vision_cfg=vcfg, text_cfg=CLIPTextCfg(width=width, layers=layers, heads=heads), quick_gelu=True,
+                 cast_dtype=torch.float32)
+    return {k: v for k, v in model.state_dict().items() if vision or not k.startswith("visual.")}
+
+
+def save_random_clip(path: str | Path, kind: str = "tiny", seed: int = 0, vision: bool = False) -> Path:
+    """Save ``random_clip_state_dict(kind, seed, vision)`` to ``path`` (loadable as ``$YW_CLIP`` / ``load_clip``)."""
+    torch.save(random_clip_state_dict(kind, seed, vision), path)
+    return Path(path)
+
+
 def random_text_encoder(kind: str = "vit-b-32", seed: int = 0):
     """A random-weight CLIP text encoder built with open_clip (no download): ``"vit-b-32"`` size or ``"tiny"``.
 
@@ -896,17 +953,38 @@ def random_text_encoder(kind: str = "vit-b-32", seed: int = 0):
         >>> enc.encode(["a dog"]).shape
         torch.Size([1, 512])
     """
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-
     from yw_ext.text import CLIPTextEncoder
 
-    width, layers, heads = {"tiny": (64, 2, 1), "vit-b-32": (512, 12, 8)}[kind]
-    torch.manual_seed(seed)
-    model = CLIP(512, vision_cfg=CLIPVisionCfg(layers=1, width=64, patch_size=32, image_size=32),
-                 text_cfg=CLIPTextCfg(width=width, layers=layers, heads=heads), quick_gelu=True,
-                 cast_dtype=torch.float32)
-    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("visual.")}  # text tower only
-    return CLIPTextEncoder.from_openai_state_dict(sd, source=f"random {kind} (open_clip)")
+    return CLIPTextEncoder.from_openai_state_dict(random_clip_state_dict(kind, seed),
+                                                  source=f"random {kind} (open_clip)")
+
+
+def link_coco128(coco128: str | Path, root: str | Path, n: int, labelled_only: bool = True) -> Path:
+    """A dataset YAML (train = val) over the first ``n`` COCO128 train images, linked (never copied) into ``root``.
+
+    Images go to ``root/images/train``, their label files (where they exist) to ``root/labels/train``; the class
+    names are COCO128's. ``labelled_only=False`` counts images without a label file among the first ``n`` too.
+
+    Returns:
+        ``root/data.yaml``.
+    """
+    from ultralytics.utils import YAML
+
+    coco128, root = Path(coco128), Path(root)
+    for sub in ("images", "labels"):
+        (root / sub / "train").mkdir(parents=True, exist_ok=True)
+    labels = coco128 / "labels" / "train2017"
+    images = sorted((coco128 / "images" / "train2017").glob("*.jpg"))
+    if labelled_only:
+        images = [p for p in images if (labels / f"{p.stem}.txt").is_file()]
+    for im in images[:n]:
+        (root / "images" / "train" / im.name).symlink_to(im)
+        lb = labels / f"{im.stem}.txt"
+        if lb.is_file():
+            (root / "labels" / "train" / lb.name).symlink_to(lb)
+    names = YAML.load(coco128 / "coco128.yaml")["names"]
+    YAML.save(root / "data.yaml", {"path": str(root), "train": "images/train", "val": "images/train", "names": names})
+    return root / "data.yaml"
 
 
 def text_encoder(spec: str = "auto", device: str = "cpu"):
@@ -1020,6 +1098,26 @@ def _plt():
     return plt
 
 
+def _latency_axis(ax: Any, title: str) -> None:
+    """The y label, title, grid and legend of one latency panel."""
+    ax.set_ylabel("ms per image (median)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _save_latency_figure(fig: Any, axes: Any, measured: bool, path: str | Path, title: str) -> Path:
+    """Title the figure (a note in the first panel when nothing was ``measured``), write it as PNG atomically, close
+    it."""
+    if not measured:
+        axes[0][0].text(0.5, 0.5, "no latency measured", ha="center")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    p = write_atomic(path, lambda t: fig.savefig(t, dpi=110, format="png"))
+    _plt().close(fig)
+    return p
+
+
 def plot_latency_vs_k(rows: Sequence[dict], path: str | Path) -> Path:
     """Median ms/image vs K (log axis), one line per backend, one panel per model size / image size / batch."""
     plt = _plt()
@@ -1041,17 +1139,9 @@ def plot_latency_vs_k(rows: Sequence[dict], path: str | Path) -> Path:
         ax.set_xticks(ks)
         ax.set_xticklabels([str(k) for k in ks])
         ax.set_xlabel("vocabulary size K")
-        ax.set_ylabel("ms per image (median)")
-        ax.set_title(f"{scale} / {imgsz} px / batch {batch}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if not groups:
-        axes[0][0].text(0.5, 0.5, "no latency measured", ha="center")
-    fig.suptitle("Latency vs vocabulary size K\n(medians; the CSV's ratios come from interleaved pairs)", fontsize=9)
-    fig.tight_layout()
-    p = write_atomic(path, lambda t: fig.savefig(t, dpi=110, format="png"))
-    plt.close(fig)
-    return p
+        _latency_axis(ax, f"{scale} / {imgsz} px / batch {batch}")
+    return _save_latency_figure(fig, axes, bool(groups), path,
+                                "Latency vs vocabulary size K\n(medians; the CSV's ratios come from interleaved pairs)")
 
 
 def plot_latency_vs_size(rows: Sequence[dict], path: str | Path, ks: Sequence[int] | None = None) -> Path:
@@ -1077,17 +1167,9 @@ def plot_latency_vs_size(rows: Sequence[dict], path: str | Path, ks: Sequence[in
         ax.set_xticks(range(len(scales)))
         ax.set_xticklabels([f"yw-v2-{s}" for s in scales])
         ax.set_xlim(-0.5, max(0.5, len(scales) - 0.5))
-        ax.set_ylabel("ms per image (median)")
-        ax.set_title(f"K = {k}, {imgsz} px, batch {batch}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if not panels:
-        axes[0][0].text(0.5, 0.5, "no latency measured", ha="center")
-    fig.suptitle("Latency vs model size (each size timed in its own group)", fontsize=9)
-    fig.tight_layout()
-    p = write_atomic(path, lambda t: fig.savefig(t, dpi=110, format="png"))
-    plt.close(fig)
-    return p
+        _latency_axis(ax, f"K = {k}, {imgsz} px, batch {batch}")
+    return _save_latency_figure(fig, axes, bool(panels), path,
+                                "Latency vs model size (each size timed in its own group)")
 
 
 # ================================================================================================ runner

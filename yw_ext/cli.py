@@ -6,6 +6,8 @@ Examples:
     yw val model=best.pt data=coco128.yaml
     yw train model=l data=coco128.yaml epochs=1 imgsz=320
     yw train model=best.pt data=coco128.yaml mode=prompt init=text adapter=False epochs=20
+    yw train model=best.pt data=coco128.yaml mode=image_prompt clip=ViT-B-32.pt crops=32 epochs=10
+    yw val model=best.pt data=coco128.yaml image_prompts=32 image_adapter=runs/detect/train/weights/best_adapter.npz
     yw embed texts="person,car|automobile" out=vocab.npz          # or json=class_texts.json; out=x.npy: bare array
     yw export model=best.pt format=onnx dynamic=True                # fixed vocabulary, folded (one input)
     yw export model=best.pt format=onnx dynamic_vocab=True nms=True  # classes set at run time (yw_ext.runtime)
@@ -23,7 +25,8 @@ original image) to crop; repeating a class adds exemplars (averaged). The class 
 class names cannot contain ``:``). Without ``classes=`` the classes are the image-prompt classes, image only (or
 fused with their names' text when ``alpha=`` is given); with ``classes=`` the listed classes use text, and those
 with images get ``n(alpha * text + (1 - alpha) * image)`` (``alpha`` default 0.5). ``margin=`` (default 0) grows
-each box by that fraction of its size before cropping. Example:
+each box by that fraction of its size before cropping. ``image_adapter=best_adapter.npz`` (predict, val) maps the
+exemplars through a trained image adapter (``mode=image_prompt``). Example:
 
     yw predict model=l source=street.jpg prompt_images="bus:bus.jpg@17,231,802,768" conf=0.1
 """
@@ -58,7 +61,8 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         k = k.strip().replace("-", "_")
         if not k:
             raise SystemExit(f"yw: argument '{tok}' has an empty key.")
-        raw = {"classes", "model", "source", "data", "clip", "embeddings", "prompt_images", "names", "src", "out"}  # kept as strings
+        raw = {"classes", "model", "source", "data", "clip", "embeddings", "prompt_images", "names", "src", "out",
+               "image_adapter", "jitter"}  # kept as strings
         out[k] = v if k in raw else smart_value(v)
     return out
 
@@ -178,6 +182,16 @@ def run(argv: list[str]) -> Any:
         raise SystemExit("yw: alpha=... and margin=... apply to image prompts: add prompt_images=...")
     model = YOLOWorld(args.pop("model", "l"))
     classes, clip, emb = args.pop("classes", None), args.pop("clip", None), args.pop("embeddings", None)
+    adapter = args.pop("image_adapter", None)
+    if adapter is not None:
+        model.load_image_adapter(adapter)
+    if mode == "train" and str(args.get("mode", "")).lower() == "image_prompt":
+        if clip is not None:
+            args["clip"] = clip  # the CLIP whose image tower encodes the crops (and whose text tower the names)
+        if isinstance(args.get("jitter"), str):
+            args["jitter"] = tuple(float(v) for v in args["jitter"].split(","))
+    if mode == "val" and args.get("image_prompts") is not None and clip is not None:
+        args["encoder"] = clip
     if images is not None:
         if emb is not None:
             raise SystemExit("yw: give either embeddings=... or prompt_images=..., not both.")

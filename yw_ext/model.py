@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from ultralytics.engine.model import Model
-from ultralytics.utils import DEFAULT_CFG_DICT, RANK
+from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER, RANK
 
 from yw_ext.engine.predictor import YWPredictor
 from yw_ext.engine.trainer import YWTrainer
@@ -274,8 +274,9 @@ class YOLOWorld(Model):
         """Export for deployment (ONNX, TensorRT, OpenVINO, ...); the model itself is not changed.
 
         A fixed vocabulary is folded into the weights of a copy first (one input ``images``, a plain detector graph);
-        ``dynamic_vocab=True`` keeps the text path with a second input ``txt_feats`` ``(1 or B, P, D)``. Files are
-        written atomically. See ``yw_ext.export`` for every argument.
+        ``dynamic_vocab=True`` keeps the text path with a second input ``txt_feats``: ``(1, P, D)`` for a fixed
+        batch (broadcast to the images in the graph), ``(1 or B, P, D)`` with ``dynamic=True``; ``P <=
+        yw_ext.vocab.MAX_PROMPTS``. Files are written atomically. See ``yw_ext.export`` for every argument.
 
         Args:
             **kwargs: Ultralytics export arguments (``format``, ``imgsz``, ``dynamic``, ``nms``, ``quantize`` /
@@ -369,6 +370,33 @@ class YOLOWorld(Model):
         self.predictor = None  # the next predict builds a predictor with the new names
         return self
 
+    def load_image_adapter(self, path: str | Path | None) -> YOLOWorld:
+        """Use a trained image-prompt adapter (``train(mode="image_prompt")``'s ``best_adapter.npz``); None removes it.
+
+        Later ``set_classes(..., images=...)`` / ``predict(image_prompts=...)`` calls map each exemplar's CLIP
+        embedding ``u`` through it: ``A(u) = n(u + MLP(u))``. The current vocabulary is not changed. The adapter
+        is pickled with the model, so ``save()`` keeps it.
+
+        Raises:
+            FileNotFoundError: no such file.
+            yw_ext.image_adapter.AdapterFileError (a ValueError): not an adapter file, broken tensors, or an adapter
+                for another embedding width.
+
+        Examples:
+            >>> model = YOLOWorld("best.pt")  # doctest: +SKIP
+            >>> model.load_image_adapter("runs/detect/train/weights/best_adapter.npz")  # doctest: +SKIP
+            >>> model.set_classes(["dog"], images={"dog": "dog.jpg"}, use_text=False)  # doctest: +SKIP
+        """
+        from yw_ext.image_adapter import install_adapter
+        from yw_ext.prompts import detector_hash
+
+        self._check_is_pytorch_model()
+        state = install_adapter(self.model, path)
+        if state and state.get("detector_sha256") and state["detector_sha256"] != detector_hash(self.model):
+            LOGGER.warning(f"the image adapter {path} was trained with another detector "
+                           f"(sha256 {state['detector_sha256'][:12]}...); it may not fit this one.")
+        return self
+
     # ---------------------------------------------------------------- training / validation
     def train(self, trainer: Any = None, mode: str | None = None, grounding_data: Any = None, **kwargs: Any):
         """Train with Ultralytics' trainer machinery (same arguments: ``data``, ``epochs``, ``imgsz``, ``freeze``...).
@@ -380,12 +408,15 @@ class YOLOWorld(Model):
                 keep zero-shot ability: ``{"img_path": ..., "json_file": ...}`` or a list of them.
             **kwargs: Ultralytics training arguments. ``data`` may name a ``text_json`` class-text file in its YAML.
                 With ``mode="prompt"`` also ``init`` (``"text"``, ``"image"``, ``"vocabulary"``, ``"random"`` or a
-                ``.npy`` / ``.npz`` path) and ``adapter`` (bool): see ``yw_ext.engine.prompt_trainer``.
+                ``.npy`` / ``.npz`` path) and ``adapter`` (bool): see ``yw_ext.engine.prompt_trainer``. With
+                ``mode="image_prompt"`` also ``crops`` (validation exemplars per class, default 32), ``clip`` (CLIP
+                source) and ``jitter`` (default ``(0.8, 1.5)``): see ``yw_ext.engine.image_prompt_trainer``.
 
         Returns:
             Validation metrics of best.pt (``DetMetrics``); the model is then best.pt, with the dataset vocabulary.
             With ``mode="prompt"`` the model keeps its detector, unchanged, and takes the vocabulary of
-            ``weights/best_prompts.npz`` (no ``.pt`` is written).
+            ``weights/best_prompts.npz`` (no ``.pt`` is written). With ``mode="image_prompt"`` it also takes the
+            trained image adapter (``weights/best_adapter.npz``), used by later ``set_classes(images=...)`` calls.
 
         Raises:
             ValueError: unknown ``mode`` (the message lists the modes); class-text JSON of the wrong length; bad
@@ -398,6 +429,7 @@ class YOLOWorld(Model):
             >>> model.train(data="coco128.yaml", grounding_data=[{"img_path": "flickr/images",
             ...             "json_file": "flickr/final_flickr_separateGT_train.json"}], freeze=10)  # doctest: +SKIP
             >>> model.train(data="coco128.yaml", mode="prompt", init="random", adapter=True)  # doctest: +SKIP
+            >>> model.train(data="coco128.yaml", mode="image_prompt", clip="ViT-B-32.pt")  # doctest: +SKIP
         """
         from yw_ext.engine.grounding import mixed_data
         from yw_ext.engine.modes import get_trainer
@@ -405,16 +437,18 @@ class YOLOWorld(Model):
         if trainer is not None and mode is not None:
             raise ValueError("give either trainer=... or mode=..., not both.")
         trainer = trainer or get_trainer(mode)
-        if getattr(trainer, "tunes_prompts", False):  # mode="prompt": the detector stays this very object, unchanged
+        if getattr(trainer, "tunes_prompts", False):  # prompt / image_prompt: the detector stays this object, unchanged
             from yw_ext.engine.prompt_trainer import train_prompts
 
             if grounding_data is not None:
-                raise ValueError("mode='prompt' tunes the embeddings of the dataset's classes; grounding_data needs "
-                                 "the text path of mode='finetune'.")
+                raise ValueError(f"mode='{getattr(trainer, 'mode_name', 'prompt')}' trains against the dataset's "
+                                 "classes with the detector frozen; grounding_data needs the text path of "
+                                 "mode='finetune'.")
             return train_prompts(self, trainer, **kwargs)
-        for key in ("init", "adapter"):
+        for key, where in (("init", "prompt"), ("adapter", "prompt"), ("crops", "image_prompt"),
+                           ("clip", "image_prompt"), ("jitter", "image_prompt")):
             if key in kwargs:
-                raise ValueError(f"{key}= applies to prompt tuning: use mode='prompt' (or drop {key}=).")
+                raise ValueError(f"{key}= applies to mode='{where}' (or drop {key}=).")
         if grounding_data is not None:
             kwargs["data"] = mixed_data(kwargs.get("data") or self.overrides.get("data"), grounding_data)
         had_ckpt = self.ckpt
@@ -428,14 +462,24 @@ class YOLOWorld(Model):
             if self.ckpt == {"yw_ext": "model built from YAML"}:
                 self.ckpt = had_ckpt
 
-    def val(self, validator: Any = None, **kwargs: Any):
+    def val(self, validator: Any = None, image_prompts: int | None = None, **kwargs: Any):
         """Validate on a dataset (mAP50-95, mAP50, per class) with its classes, prompts and ``text_json`` synonyms.
 
         The model's own vocabulary is restored afterwards. A mixed ``data`` dict validates on its ``val`` dataset.
 
+        Args:
+            validator: A validator class to use instead of yw_ext's.
+            image_prompts: Validate with image prompts instead of text, as the official image-prompt evaluation:
+                each class's prompt is ``n(mean_j A(u_j))`` over ``image_prompts`` ground-truth boxes drawn (seeded by
+                ``seed``) from the dataset's *train* split, ``u_j`` the CLIP image embedding of a crop and ``A`` the
+                model's trained image adapter (identity without one); classes with no box keep their text.
+            **kwargs: Ultralytics validation arguments (``data``, ``imgsz``, ``batch``, ...); ``encoder`` (CLIP
+                source) and ``seed`` with ``image_prompts``.
+
         Examples:
             >>> metrics = YOLOWorld("best.pt").val(data="coco128.yaml")  # doctest: +SKIP
             >>> metrics.box.map50  # doctest: +SKIP
+            >>> YOLOWorld("best.pt").val(data="coco128.yaml", image_prompts=32).box.map  # doctest: +SKIP
         """
         from yw_ext.engine.grounding import is_mixed, val_data
 
@@ -443,7 +487,45 @@ class YOLOWorld(Model):
             kwargs["data"] = val_data(kwargs["data"])
         elif is_mixed(self.overrides.get("data")):  # trained on detection + grounding data: validate on its val set
             kwargs["data"] = val_data(self.overrides["data"])
-        return super().val(validator=validator, **kwargs)
+        if image_prompts is None:
+            for key in ("encoder", "seed"):
+                if key in kwargs:
+                    raise ValueError(f"{key}= applies to validation with image prompts: pass image_prompts=N too.")
+            return super().val(validator=validator, **kwargs)
+        return self._val_image_prompts(validator, image_prompts, **kwargs)
+
+    def _val_image_prompts(self, validator: Any, n: int, encoder: Any = None, seed: int = 0, **kwargs: Any):
+        """``val(image_prompts=n)``: the dataset's classes from training crops (then the old vocabulary is restored)."""
+        from ultralytics.data.utils import check_det_dataset
+
+        from yw_ext.engine.dataset import check_dataset_available, class_texts, display_names
+        from yw_ext.engine.image_prompt_trainer import image_prompt_val_exemplars
+
+        self._check_is_pytorch_model()
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"image_prompts (exemplar boxes per class) must be a positive integer, got {n!r}.")
+        if getattr(self.model, "folded", False):
+            raise ValueError("this model is re-parameterised: its vocabulary is folded into its weights, so it cannot "
+                             "be validated with image prompts. Use the unfolded model.")
+        data_arg = kwargs.get("data") or self.overrides.get("data")
+        if not data_arg:
+            raise ValueError("val(image_prompts=...) needs data=... (the exemplars come from its train split).")
+        check_dataset_available(data_arg, splits=("train", kwargs.get("split") or "val"))
+        data = check_det_dataset(data_arg)
+        names, prompts = display_names(data), class_texts(data)
+        refs = image_prompt_val_exemplars(data, names, n, seed, imgsz=kwargs.get("imgsz") or 640)
+        state = self._save_vocabulary()
+        try:
+            first = dict(zip(names, (p[0] for p in prompts)))  # set_classes names a class by its first prompt
+            if not refs:
+                LOGGER.warning(f"val(image_prompts={n}): the train split has no usable boxes; validating with text.")
+            img = {"images": {first[k]: v for k, v in refs.items()}, "alpha": 0.0} if refs else {}
+            # alpha=0: classes with boxes are image-only, the others keep their text
+            self.set_classes([p if len(p) > 1 else p[0] for p in prompts], encoder=encoder, **img)
+            self.model.names = dict(enumerate(names))  # the dataset's display names, as the validator expects
+            return super().val(validator=validator, **kwargs)
+        finally:
+            self._restore_vocabulary(state)
 
     def save(self, filename: str | Path = "saved_model.pt") -> None:
         """Save like Ultralytics' ``Model.save``, atomically (temporary file in the same folder, then rename).

@@ -49,10 +49,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from yw_ext.nn.adapter import ADAPTER_KEYS, ResidualAdapter, adapter_state, load_adapter_state
+
 PROMPT_FORMAT = "yw_ext.prompts/1"
 """Value of the ``format`` entry of prompt files."""
 
-ADAPTER_KEYS = ("adapter.0.weight", "adapter.0.bias", "adapter.2.weight", "adapter.2.bias")
 _STRING_KEYS = ("text_encoder_id", "image_encoder_id", "detector", "detector_sha256")
 
 
@@ -77,7 +78,7 @@ class PromptEmbeddings(nn.Module):
 
     Attributes:
         embeddings (nn.Parameter): ``(K * G, D)``.
-        adapter (nn.Sequential | None): The adapter.
+        adapter (ResidualAdapter | None): The adapter (``yw_ext.nn.adapter``).
 
     Examples:
         >>> p = PromptEmbeddings(torch.randn(3, 8), adapter=True)
@@ -94,24 +95,20 @@ class PromptEmbeddings(nn.Module):
             raise ValueError(f"prompt embeddings must be (K * G, D), got {tuple(embeddings.shape)}.")
         d = embeddings.shape[1]
         self.embeddings = nn.Parameter(embeddings.detach().to(torch.float32).clone())  # (K * G, D)
-        self.adapter = None
-        if adapter:
-            self.adapter = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(inplace=True), nn.Linear(2 * d, d))
-            nn.init.zeros_(self.adapter[2].weight)
-            nn.init.zeros_(self.adapter[2].bias)
+        self.adapter = ResidualAdapter(d) if adapter else None
 
     def forward(self) -> torch.Tensor:
         """The embeddings the detector consumes, ``(K * G, D)``."""
         e = self.embeddings  # (K * G, D)
         if self.adapter is not None:
-            e = nn.functional.normalize(self.adapter(e) + e, dim=-1)
+            e = self.adapter(e)  # normalize(MLP(e) + e)
         return e
 
     def adapter_state(self) -> dict[str, np.ndarray] | None:
         """The adapter's tensors as float32 arrays keyed like the prompt file (None without adapter)."""
         if self.adapter is None:
             return None
-        return {f"adapter.{k}": v.detach().float().cpu().numpy() for k, v in self.adapter.state_dict().items()}
+        return adapter_state(self.adapter)
 
     def load_adapter_state(self, state: dict[str, Any]) -> None:
         """Load adapter tensors keyed ``adapter.0.weight`` ... (shapes checked).
@@ -121,12 +118,10 @@ class PromptEmbeddings(nn.Module):
         """
         if self.adapter is None:
             raise PromptFileError("these prompts have no adapter to load weights into (adapter=False).")
-        sd = {k[len("adapter."):]: torch.as_tensor(np.asarray(state[k]), dtype=torch.float32) for k in ADAPTER_KEYS}
-        own = self.adapter.state_dict()
-        for k, v in sd.items():
-            if tuple(v.shape) != tuple(own[k].shape):
-                raise PromptFileError(f"adapter tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}.")
-        self.adapter.load_state_dict(sd)
+        try:
+            load_adapter_state(self.adapter, state)
+        except ValueError as e:
+            raise PromptFileError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------

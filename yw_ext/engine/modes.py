@@ -158,8 +158,8 @@ register_mode(
 )
 register_mode(
     "image_prompt",
-    description="image-prompt training: CLIP image embeddings of exemplar crops as class embeddings",
-    unavailable="image-prompt training lands with its own issue.",
+    "yw_ext.engine.image_prompt_trainer:YWImagePromptTrainer",
+    description="image-prompt adapter: CLIP image embeddings of exemplar crops, adapter trains, detector frozen",
 )
 _rep, _why = _rep_trainer_or_reason()
 register_mode(

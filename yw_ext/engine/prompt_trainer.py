@@ -138,7 +138,7 @@ class PromptTuningModel(YWDetectionModel):
         model = deepcopy(detector)  # the caller's detector is never touched
         model.__class__ = cls  # same tensors, same modules: only the vocabulary handling below changes
         model.requires_grad_(False)
-        model.prompt = PromptEmbeddings(embeddings.to(next(detector.parameters()).device), adapter=adapter)
+        model.prompt = cls.make_prompt(embeddings.to(next(detector.parameters()).device), k, g, adapter)
         if adapter_state is not None:
             model.prompt.load_adapter_state(adapter_state)
         model.criterion = None
@@ -147,6 +147,11 @@ class PromptTuningModel(YWDetectionModel):
         model.sync_vocabulary()
         model.train(False)
         return model
+
+    @classmethod
+    def make_prompt(cls, embeddings: torch.Tensor, num_classes: int, prompts_per_class: int, adapter: bool) -> nn.Module:
+        """The trainable prompt module (here ``PromptEmbeddings``) for initial embeddings ``(K * G, D)``."""
+        return PromptEmbeddings(embeddings, adapter=adapter)
 
     # ----------------------------------------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> PromptTuningModel:
@@ -282,6 +287,44 @@ def _quiet(prefix: str):
         LOGGER.removeFilter(f)
 
 
+def adapter_param_groups(adapter: nn.Module | None, decay: float) -> list[dict]:
+    """Optimizer groups of an adapter: weights with ``decay``, biases without (group ``"adapter_bias"``, not ``"bias"``,
+    which Ultralytics' warm-up would give ``warmup_bias_lr``); ``[]`` without adapter."""
+    if adapter is None:
+        return []
+    return [
+        {"params": [p for n, p in adapter.named_parameters() if n.endswith("weight")], "weight_decay": decay,
+         "param_group": "weight"},
+        {"params": [p for n, p in adapter.named_parameters() if n.endswith("bias")], "weight_decay": 0.0,
+         "param_group": "adapter_bias"},
+    ]  # fmt: skip
+
+
+def make_optimizer(groups: list[dict], name: str | None, lr: float, momentum: float) -> torch.optim.Optimizer:
+    """A torch optimizer over ``groups``; ``name="auto"`` means AdamW (the official prompt-tuning optimizer).
+
+    Adam, Adamax, AdamW, NAdam, RAdam use ``betas=(momentum, 0.999)``; RMSProp and SGD (Nesterov) use ``momentum``.
+
+    Raises:
+        NotImplementedError: an optimizer name not listed above.
+    """
+    name = "AdamW" if name in (None, "auto") else name
+    optimizers = {"Adam": torch.optim.Adam, "Adamax": torch.optim.Adamax, "AdamW": torch.optim.AdamW,
+                  "NAdam": torch.optim.NAdam, "RAdam": torch.optim.RAdam}  # fmt: skip
+    if name in optimizers:
+        optimizer = optimizers[name](groups, lr=lr, betas=(momentum, 0.999))
+    elif name == "RMSProp":
+        optimizer = torch.optim.RMSprop(groups, lr=lr, momentum=momentum)
+    elif name == "SGD":
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    else:
+        raise NotImplementedError(f"optimizer '{name}' is not supported for prompt / adapter training; use AdamW "
+                                  "(default), Adam, Adamax, NAdam, RAdam, RMSProp or SGD.")
+    LOGGER.info(f"optimizer: {type(optimizer).__name__}(lr={lr}) over the prompt tensors only: "
+                + ", ".join(f"{g['param_group']} (decay={g['weight_decay']})" for g in groups))
+    return optimizer
+
+
 def _check_init(init: Any) -> Any:
     """Validate ``init=`` early (before any dataset scan): a known word or an existing finite ``.npy`` / ``.npz``."""
     if isinstance(init, (str, Path)) and str(init).strip().lower() in INITS:
@@ -329,6 +372,8 @@ class YWPromptTrainer(YWTrainer):
     """
 
     tunes_prompts = True  # YOLOWorld.train hands this trainer to yw_ext.engine.prompt_trainer.train_prompts
+    mode_name = "prompt"  # the mode= value, for messages
+    model_class = PromptTuningModel
 
     def __init__(self, cfg=None, overrides: dict | None = None, _callbacks: dict | None = None):
         """Take ``init`` / ``adapter`` out of the overrides, set prompt-tuning defaults, then initialise as usual."""
@@ -339,11 +384,12 @@ class YWPromptTrainer(YWTrainer):
             raise ValueError(f"adapter must be True or False, got {adapter!r}.")
         self.prompt_adapter = adapter
         if overrides.get("resume"):
-            raise ValueError("resume is not supported with mode='prompt'; start a new run with "
-                             "init='<last_prompts.npz>' to continue from a prompt file.")
+            raise ValueError(f"resume is not supported with mode='{self.mode_name}'; start a new run"
+                             + (" with init='<last_prompts.npz>' to continue from a prompt file."
+                                if self.mode_name == "prompt" else "."))
         if is_mixed(overrides.get("data")):
-            raise ValueError("mode='prompt' tunes the embeddings of a dataset's classes; grounding data has no fixed "
-                             "classes. Use a detection dataset (data='...yaml').")
+            raise ValueError(f"mode='{self.mode_name}' trains against a dataset's fixed classes; grounding data has "
+                             "none. Use a detection dataset (data='...yaml').")
         if overrides.get("optimizer") in (None, "auto"):
             overrides["optimizer"] = "AdamW"
         overrides.setdefault("lr0", DEFAULT_LR)
@@ -357,7 +403,7 @@ class YWPromptTrainer(YWTrainer):
         self._detector_written = False
         super().__init__(cfg, overrides, _callbacks)
         if self.world_size > 1:
-            raise ValueError("mode='prompt' trains on one device; multi-GPU (DDP) prompt tuning is not supported.")
+            raise ValueError(f"mode='{self.mode_name}' trains on one device; multi-GPU (DDP) is not supported.")
         self.last, self.best = self.wdir / "last_prompts.npz", self.wdir / "best_prompts.npz"
 
     # ------------------------------------------------------------------------------------------------------- data
@@ -468,8 +514,8 @@ class YWPromptTrainer(YWTrainer):
         emb, g, encoder_id, adapter_state = self.initial_embeddings(src)
         names = display_names(self.data) if not self.args.single_cls else [self.data["names"][0]]
         prompts = class_texts(self.data) if not self.args.single_cls else [class_texts(self.data)[0]]
-        model = PromptTuningModel.from_detector(src, emb, names, g, self.prompt_adapter, adapter_state, prompts,
-                                                encoder_id)
+        model = self.model_class.from_detector(src, emb, names, g, self.prompt_adapter, adapter_state, prompts,
+                                               encoder_id)
         self.detector_sha256 = detector_hash(src)
         self._detector_src = src  # a reference (not a copy): written as weights/detector.pt if it has no file
         m = str(self.args.model)
@@ -493,7 +539,8 @@ class YWPromptTrainer(YWTrainer):
         """Ultralytics' set-up with every detector layer frozen; then the prompt-only EMA; then a frozen-ness check."""
         model = unwrap_model(self.model)
         if self.args.freeze not in (None, 0, []):
-            LOGGER.warning(f"freeze={self.args.freeze} is ignored with mode='prompt': the whole detector is frozen.")
+            LOGGER.warning(f"freeze={self.args.freeze} is ignored with mode='{self.mode_name}': the whole detector "
+                           "is frozen.")
         self.args.freeze = list(range(len(model.model)))  # BaseTrainer keeps these frozen (and their BatchNorm in eval)
         with _quiet("Freezing layer"):
             super()._setup_train()
@@ -501,9 +548,9 @@ class YWPromptTrainer(YWTrainer):
         trainable = [n for n, p in unwrap_model(self.model).named_parameters() if p.requires_grad]
         bad = [n for n in trainable if not n.startswith("prompt.")]
         if bad:  # a guard: nothing above should have re-enabled a detector gradient
-            raise RuntimeError(f"prompt tuning: detector tensors became trainable: {bad[:5]}")
-        LOGGER.info(f"prompt tuning: {sum(p.numel() for p in unwrap_model(self.model).prompt.parameters())} trainable "
-                    f"values ({', '.join(trainable)}); the detector is frozen (sha256 {self.detector_sha256[:12]}...)")
+            raise RuntimeError(f"{self.mode_name}: detector tensors became trainable: {bad[:5]}")
+        count = sum(p.numel() for p in unwrap_model(self.model).prompt.parameters())
+        LOGGER.info(f"{self.mode_name}: {count} trainable values ({', '.join(trainable)}); the detector is frozen (sha256 {self.detector_sha256[:12]}...)")
 
     def build_optimizer(self, model, name: str = "auto", lr: float = 0.001, momentum: float = 0.9, decay: float = 1e-5,
                         iterations: float = 1e5):
@@ -517,27 +564,8 @@ class YWPromptTrainer(YWTrainer):
         """
         prompt = unwrap_model(model).prompt
         groups = [{"params": [prompt.embeddings], "weight_decay": 0.0, "param_group": "prompt"}]
-        if prompt.adapter is not None:
-            groups.append({"params": [p for n, p in prompt.adapter.named_parameters() if n.endswith("weight")],
-                           "weight_decay": decay, "param_group": "weight"})
-            groups.append({"params": [p for n, p in prompt.adapter.named_parameters() if n.endswith("bias")],
-                           "weight_decay": 0.0, "param_group": "adapter_bias"})  # not "bias": no warmup_bias_lr
-        name = "AdamW" if name in (None, "auto") else name
-        optimizers = {"Adam": torch.optim.Adam, "Adamax": torch.optim.Adamax, "AdamW": torch.optim.AdamW,
-                      "NAdam": torch.optim.NAdam, "RAdam": torch.optim.RAdam}  # fmt: skip
-        if name in optimizers:
-            optimizer = optimizers[name](groups, lr=lr, betas=(momentum, 0.999))
-        elif name == "RMSProp":
-            optimizer = torch.optim.RMSprop(groups, lr=lr, momentum=momentum)
-        elif name == "SGD":
-            optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
-        else:
-            raise NotImplementedError(f"optimizer '{name}' is not supported for prompt tuning; use AdamW (default), "
-                                      "Adam, Adamax, NAdam, RAdam, RMSProp or SGD.")
-        LOGGER.info(f"optimizer: {type(optimizer).__name__}(lr={lr}) over the prompt tensors only: embeddings "
-                    f"(decay=0.0)" + (f", adapter weights (decay={decay}), adapter biases (decay=0.0)"
-                                      if prompt.adapter is not None else ""))
-        return optimizer
+        groups += adapter_param_groups(prompt.adapter, decay)
+        return make_optimizer(groups, name, lr, momentum)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def _write_detector(self) -> None:
@@ -614,7 +642,11 @@ class YWPromptTrainer(YWTrainer):
             return
         det = unwrap_model(self.model).to_detector()
         apply_prompts(det, f, check_detector=False)
-        LOGGER.info(f"\nValidating {f} (prompts) on the frozen detector...")
+        self.validate_final(det, f"{f} (prompts)")
+
+    def validate_final(self, det: YWDetectionModel, what: str) -> None:
+        """Ultralytics' closing validation, on ``det`` (the frozen detector with the run's result)."""
+        LOGGER.info(f"\nValidating {what} on the frozen detector...")
         self.validator.args.plots = self.args.plots
         self.validator.args.compile = False
         self.metrics = self.validator(model=det)
@@ -622,6 +654,28 @@ class YWPromptTrainer(YWTrainer):
         self.epoch += 1  # log best metrics at step epochs+1, as Ultralytics
         self.run_callbacks("on_fit_epoch_end")
         self.epoch -= 1
+
+    def restore_prompts(self, path: Path) -> None:
+        """Put the trainable tensors of a written prompt file back into the model and its EMA copy."""
+        p = read_prompt_file(path)
+        for m in (unwrap_model(self.model), self.ema.ema):
+            with torch.no_grad():
+                raw = p["raw_embeddings"] if p["raw_embeddings"] is not None else p["embeddings"]
+                m.prompt.embeddings.copy_(raw.to(m.prompt.embeddings.device))
+                if p["adapter"] is not None and m.prompt.adapter is not None:
+                    m.prompt.load_adapter_state(p["adapter"])
+
+    def apply_result(self, yolo: Any) -> Path:
+        """After training: give the ``YOLOWorld`` the best (else last) prompt file's vocabulary; returns that file.
+
+        Raises:
+            FileNotFoundError: no file was written.
+        """
+        f = self.best if self.best.exists() else self.last
+        if not f.exists():
+            raise FileNotFoundError(f"mode='{self.mode_name}' finished but wrote no file ({self.best} / {self.last}).")
+        yolo.load_prompts(f)
+        return f
 
     def _handle_nan_recovery(self, epoch: int) -> bool:
         """On a NaN/inf loss or fitness, restore the prompts from ``last_prompts.npz`` (optimizer state reset)."""
@@ -637,13 +691,7 @@ class YWPromptTrainer(YWTrainer):
         if self.nan_recovery_attempts > 3:
             raise RuntimeError(f"Training failed: NaN persisted for {self.nan_recovery_attempts} epochs")
         LOGGER.warning(f"{reason} detected (attempt {self.nan_recovery_attempts}/3), recovering from {self.last}...")
-        p = read_prompt_file(self.last)
-        for m in (unwrap_model(self.model), self.ema.ema):
-            with torch.no_grad():
-                raw = p["raw_embeddings"] if p["raw_embeddings"] is not None else p["embeddings"]
-                m.prompt.embeddings.copy_(raw.to(m.prompt.embeddings.device))
-                if p["adapter"] is not None and m.prompt.adapter is not None:
-                    m.prompt.load_adapter_state(p["adapter"])
+        self.restore_prompts(self.last)
         self.optimizer.state = defaultdict(dict)
         self.scheduler.last_epoch = epoch - 1
         return True
@@ -653,15 +701,16 @@ class YWPromptTrainer(YWTrainer):
 # YOLOWorld.train(mode="prompt")
 # ----------------------------------------------------------------------------------------------------------------------
 def train_prompts(yolo: Any, trainer: type = YWPromptTrainer, **kwargs: Any):
-    """Run prompt tuning for a ``yw_ext.YOLOWorld`` (what ``YOLOWorld.train(mode="prompt")`` calls).
+    """Run prompt tuning for a ``yw_ext.YOLOWorld`` (what ``YOLOWorld.train(mode="prompt" / "image_prompt")`` calls).
 
     Like Ultralytics' ``Model.train`` (same arguments), except that the model keeps its detector object, unchanged:
-    afterwards its vocabulary is the best prompt file's (``yolo.load_prompts(trainer.best)``).
+    afterwards the trainer's ``apply_result`` gives it the result (the best prompt file's vocabulary; with
+    ``mode="image_prompt"`` also the trained image adapter).
 
     Args:
         yolo: The ``YOLOWorld``.
-        trainer: The trainer class (``YWPromptTrainer`` or a subclass).
-        **kwargs: Ultralytics training arguments plus ``init`` and ``adapter``.
+        trainer: The trainer class (``YWPromptTrainer`` or a subclass such as ``YWImagePromptTrainer``).
+        **kwargs: Ultralytics training arguments plus the trainer's own (``init`` and ``adapter`` for prompt tuning).
 
     Returns:
         The final validation metrics (``DetMetrics``).
@@ -681,9 +730,6 @@ def train_prompts(yolo: Any, trainer: type = YWPromptTrainer, **kwargs: Any):
     from ultralytics.utils import DEFAULT_CFG_DICT, YAML, checks
 
     yolo._check_is_pytorch_model()
-    if kwargs.get("resume"):
-        raise ValueError("resume is not supported with mode='prompt'; continue from a prompt file with "
-                         "init='.../last_prompts.npz'.")
     overrides = YAML.load(checks.check_yaml(kwargs["cfg"])) if kwargs.get("cfg") else yolo.overrides
     data = (overrides.get("data") if kwargs.get("cfg") else None) or DEFAULT_CFG_DICT["data"] or TASK2DATA["detect"]
     custom = {"data": data, "model": yolo.overrides["model"], "task": "detect"}  # as Ultralytics' Model.train
@@ -692,9 +738,6 @@ def train_prompts(yolo: Any, trainer: type = YWPromptTrainer, **kwargs: Any):
     t.model = t.get_model(weights=yolo.model, cfg=getattr(yolo.model, "yaml", None))
     t.train()
     if RANK in {-1, 0}:
-        f = t.best if t.best.exists() else t.last
-        if not f.exists():
-            raise FileNotFoundError(f"prompt tuning finished but wrote no prompt file ({t.best} / {t.last}).")
-        yolo.load_prompts(f)
+        t.apply_result(yolo)
         yolo.metrics = getattr(t.validator, "metrics", None)
     return yolo.metrics

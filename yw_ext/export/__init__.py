@@ -10,9 +10,10 @@ Arguments (besides Ultralytics' ``format``, ``imgsz``, ``dynamic``, ``batch``, `
 ``conf``, ``iou``, ``max_det``, ``agnostic_nms``, ``quantize`` / ``half`` / ``int8``, ``data``, ``workspace``,
 ``device``):
 
-- ``dynamic_vocab=True``: keep the text path; a second input ``txt_feats`` ``(1 or B, P, D)``, P prompts up to
-  ``max_prompts`` (default ``yw_ext.vocab.MAX_PROMPTS``); the model's vocabulary is the input's default value
-  (``default_vocab=False`` to drop it).
+- ``dynamic_vocab=True``: keep the text path; a second input ``txt_feats``, P prompts up to ``max_prompts`` (default
+  ``yw_ext.vocab.MAX_PROMPTS``): ``(1, P, D)`` with a fixed ``batch=B`` (one vocabulary, broadcast to the B images in
+  the graph), ``(1 or B, P, D)`` with ``dynamic=True`` (1: broadcast; B: a vocabulary per image); the model's
+  vocabulary is the input's default value (``default_vocab=False`` to drop it).
 - ``out=``: destination path (default: next to the weights, as Ultralytics; ``<stem>_dynvocab.onnx`` for
   run-time vocabularies).
 - ``nms=True``: ``(B, max_det, 6)`` output; ``trt_nms="efficient"`` uses TensorRT's ``EfficientNMS_TRT`` plugin.

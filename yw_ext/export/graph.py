@@ -244,7 +244,9 @@ class ExportGraph(nn.Module):
     Args:
         model: A prepared ``YWDetectionModel`` (fused, heads in export mode).
         nms: ``BatchedNMS`` / ``EfficientNMS`` or None (raw ``(B, 4 + K, A)`` output).
-        dynamic_vocab: Take ``txt_feats`` ``(1 or B, P, D)`` as a second input (no synonym max in the graph).
+        dynamic_vocab: Take ``txt_feats`` ``(1 or B, P, D)`` as a second input (no synonym max in the graph). It is
+            broadcast to the B images by ``YWDetectionModel.predict``, which always traces that ``Expand`` while the
+            head is in export mode (whatever the example batches were).
     """
 
     def __init__(self, model: nn.Module, nms: nn.Module | None = None, dynamic_vocab: bool = False):

@@ -4,10 +4,12 @@
 ``Detect`` head, dry run, the metadata dict that ``AutoBackend`` reads) with its ONNX writer replaced by
 ``write_onnx``, which adds what yw_ext needs:
 
-- a second input ``txt_feats`` ``(1 or B, P, D)`` with a dynamic prompt count P for ``dynamic_vocab=True`` (the graph
-  keeps the text path; ``yw_ext.export.graph.make_vocab_dynamic``), and the model's current vocabulary stored as the
-  input's default value (an ONNX initializer with the input's name), so the file also runs where only ``images`` is
-  fed (``ultralytics.YOLO(file)``) with that vocabulary;
+- a second input ``txt_feats`` with a dynamic prompt count P for ``dynamic_vocab=True`` (the graph keeps the text
+  path; ``yw_ext.export.graph.make_vocab_dynamic``): ``(1, P, D)`` for a fixed batch B (one vocabulary, broadcast to
+  the B images inside the graph), ``(1 or B, P, D)`` with ``dynamic=True`` (``text_batch`` is its own dim: 1 is
+  broadcast, B gives each image its own vocabulary). The model's current vocabulary is stored as the input's default
+  value (an ONNX initializer with the input's name), so the file also runs where only ``images`` is fed
+  (``ultralytics.YOLO(file)``) with that vocabulary;
 - ``nms=True`` as ``yw_ext.export.graph.BatchedNMS`` (dynamic batch, dynamic K) or, for TensorRT,
   ``trt_nms="efficient"`` (``EfficientNMS_TRT`` plugin);
 - ``dynamic=True``: batch, height and width dynamic (as Ultralytics); for YOLO-World v1 (image-pooling attention,
@@ -126,6 +128,21 @@ def _slim(proto, prefix: str):
         return proto
 
 
+def _specialised_dims(proto, dynamic: dict[str, dict[int, str]]) -> list[str]:
+    """Dynamic dims of graph inputs / outputs that the simplifier turned into constants (``["txt_feats[0]=2"]``).
+
+    onnxslim's shape inference unifies dims that meet in a broadcast: a dynamic ``txt_feats`` batch next to a fixed
+    image batch B was taken to *be* B, and the broadcast (``Expand``) dropped as a no-op, so the graph only ran with B
+    text rows. A graph whose dynamic dim became a constant may rely on that size anywhere, so it is not used.
+    """
+    out = []
+    for v in (*proto.graph.input, *proto.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        out += [f"{v.name}[{a}]={dims[a].dim_value}" for a in dynamic.get(v.name, {})
+                if a < len(dims) and dims[a].HasField("dim_value")]
+    return out
+
+
 def _name_dims(proto, dynamic: dict[str, dict[int, str]]) -> None:
     """Put back the requested names of dynamic dims on graph inputs and outputs.
 
@@ -197,8 +214,10 @@ def write_onnx(
     inputs, names = (im,), ["images"]
     dynamic: dict[str, dict[int, str]] = {}
     # YOLO-World v1's image-pooling attention (adaptive max pooling) exports only for a known image size: the
-    # pools become explicit slices, and only the batch is dynamic
-    hw_dynamic = bool(args.dynamic) and not make_pooling_exportable(model)
+    # pools become explicit slices (also for a fixed size: the exporter takes only sizes that divide the input's),
+    # and only the batch is dynamic
+    v1_pools = make_pooling_exportable(model)
+    hw_dynamic = bool(args.dynamic) and not v1_pools
     if args.dynamic:
         dynamic["images"] = {0: "batch", 2: "height", 3: "width"} if hw_dynamic else {0: "batch"}
         if not hw_dynamic:
@@ -207,7 +226,10 @@ def write_onnx(
     if opts.dynamic_vocab:
         txt = model.txt_feats.detach().to(im.device, im.dtype)  # (1, P, D): the model's vocabulary as the example
         inputs, names = (im, txt), ["images", TXT_INPUT]
-        dynamic[TXT_INPUT] = {0: "text_batch", 1: "prompts"}
+        # fixed batch B: (1, P, D), one vocabulary broadcast to the B images in the graph (YWDetectionModel.predict
+        # expands it); a dynamic text batch next to a fixed image batch is unified with B by onnxslim, which then
+        # drops the broadcast (see _specialised_dims)
+        dynamic[TXT_INPUT] = {0: "text_batch", 1: "prompts"} if args.dynamic else {1: "prompts"}
         if not args.nms:
             out_dims[1] = "outputs"  # 4 + P
     if not args.nms and hw_dynamic:
@@ -222,7 +244,12 @@ def write_onnx(
     proto = onnx.load(str(f))
     if args.simplify:
         proto = _slim(proto, prefix)
-        _name_dims(proto, dynamic)
+        fixed = _specialised_dims(proto, dynamic)
+        if fixed:
+            LOGGER.warning(f"{prefix} onnxslim made dynamic dims {fixed} constant; keeping the unsimplified graph.")
+            proto = onnx.load(str(f))
+        else:
+            _name_dims(proto, dynamic)
     if opts.dynamic_vocab and opts.default_vocab and getattr(model, "vocab_set", True):
         _add_default_input(proto, TXT_INPUT, model.txt_feats.detach().float().cpu().numpy())
     meta = dict(metadata)

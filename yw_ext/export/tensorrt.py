@@ -18,9 +18,11 @@ Python API because Ultralytics' ``onnx2engine`` gives every input an image-shape
    ``ultralytics.YOLO("x.engine")`` reads fixed-vocabulary engines and ``yw_ext.runtime.Detector`` reads both.
 
 Engines with dynamic batch: images ``(B, 3, H, W)`` get ``B`` in ``[1, batch]`` and, with ``dynamic=True``, ``H, W``
-in ``[32, 2 * imgsz]`` (Ultralytics' range), optimum at ``imgsz``; ``txt_feats`` gets its first dim in ``[1, batch]``
-and K in ``prompts``. Anchors are computed in the graph for dynamic sizes, so boxes do not depend on the batch
-(the folded fixed-vocabulary graph has no text tensor to broadcast over the batch).
+in ``[32, 2 * imgsz]`` (Ultralytics' range), optimum at ``imgsz``; ``txt_feats`` ``(1 or B, K, D)`` gets its first
+dim in ``[1, batch]`` (optimum 1: one vocabulary for the batch) and K in ``prompts``. A fixed-batch export declares
+``txt_feats`` ``(1, K, D)`` (broadcast to the B images in the graph): only K gets a range. Anchors are computed in
+the graph for dynamic sizes, so boxes do not depend on the batch (the folded fixed-vocabulary graph has no text
+tensor to broadcast over the batch).
 
 Examples:
     >>> inputs = {"images": ["batch", 3, "height", "width"], "txt_feats": ["text_batch", "prompts", 512]}
@@ -225,7 +227,7 @@ def engine_build_args(
 
     Raises:
         ValueError: a dynamic input dimension without a profile (e.g. ``txt_feats`` without ``prompts``), or one
-            this function does not know.
+            this function does not know; a static ``txt_feats`` batch that is neither 1 nor the images' batch.
 
     Examples:
         >>> engine_build_args({"images": [1, 3, 640, 640]})["profiles"]
@@ -237,6 +239,8 @@ def engine_build_args(
     batch = max(1, int(batch))
     profile: dict[str, tuple] = {}
     calib: dict[str, tuple] = {}
+    img = inputs.get("images")
+    img_batch = (1, batch, batch) if not img or _is_dyn(img[0]) else (int(img[0]),) * 3  # (min, opt, max)
     for name, dims in inputs.items():
         if name == TXT_INPUT:
             if len(dims) != 3 or _is_dyn(dims[2]):
@@ -248,7 +252,12 @@ def engine_build_args(
                     "prompts=(min, opt, max), e.g. (1, 80, 1203)."
                 )
             kmin, kopt, kmax = (int(dims[1]),) * 3 if not _is_dyn(dims[1]) else tuple(int(v) for v in prompts)
-            b0 = (1, 1, batch) if _is_dyn(dims[0]) else (int(dims[0]),) * 3
+            if _is_dyn(dims[0]):  # 1 (broadcast) or the images' batch
+                b0 = (1, 1, img_batch[2])
+            elif int(dims[0]) == 1 or int(dims[0]) == img_batch[0] == img_batch[2]:
+                b0 = (int(dims[0]),) * 3
+            else:
+                raise ValueError(f"{TXT_INPUT} {dims}: its batch is neither 1 nor the images' batch (images {img}).")
             shapes = tuple((b0[i], (kmin, kopt, kmax)[i], d) for i in range(3))
             if any(_is_dyn(v) for v in dims):
                 profile[name] = shapes
@@ -257,7 +266,7 @@ def engine_build_args(
             if len(dims) != 4:
                 raise ValueError(f"images must be (B, 3, H, W), got {dims}.")
             c = int(dims[1])
-            bmin, bopt, bmax = (1, batch, batch) if _is_dyn(dims[0]) else (int(dims[0]),) * 3
+            bmin, bopt, bmax = img_batch
             if _is_dyn(dims[2]) or _is_dyn(dims[3]):
                 if not dynamic:
                     raise ValueError("images has dynamic height / width: export with dynamic=True for this engine.")

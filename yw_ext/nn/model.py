@@ -62,6 +62,8 @@ class YWDetectionModel(DetectionModel):
         # dict of float32 tensors + config, pickled with the model, used by encode_text when no encoder is given.
         self.text_encoder_state = None
         self.vocab_set = False  # True once set_vocabulary ran (txt_feats is a vocabulary, not the placeholder)
+        # Trained image-prompt adapter (yw_ext.image_adapter): a plain dict pickled with the model; None: raw CLIP.
+        self.image_adapter_state = None
         super().__init__(cfg=d, ch=ch, nc=nc, verbose=verbose)
 
     # ------------------------------------------------------------------ forward
@@ -151,6 +153,9 @@ class YWDetectionModel(DetectionModel):
         state = getattr(src, "text_encoder_state", None)
         if state is not None and getattr(self, "text_encoder_state", None) is None:
             self.text_encoder_state = state
+        adapter = getattr(src, "image_adapter_state", None)
+        if adapter is not None and getattr(self, "image_adapter_state", None) is None:
+            self.image_adapter_state = adapter
 
     def loss(self, batch: dict, preds: Any = None):
         """Detection loss with the batch's own text embeddings (``batch["txt_feats"]``, ``(B, K, D)``)."""
@@ -244,7 +249,9 @@ class YWDetectionModel(DetectionModel):
         Image prompts (``images=``) are CLIP image embeddings of exemplars (see ``yw_ext.text.image``), from the
         image tower of the same CLIP as the text (``encoder`` / ``$YW_CLIP``; a text-only CLIP raises):
 
-        - exemplars of a class: ``v = n(mean_j n(CLIP_image(x_j)))`` with ``n(x) = x / ||x||``;
+        - exemplars of a class: ``v = n(mean_j u_j)``, ``u_j = n(CLIP_image(x_j))`` with ``n(x) = x / ||x||``; with
+          a trained image adapter (``image_adapter_state``, see ``yw_ext.image_adapter``) ``u_j`` is replaced by
+          ``A(u_j) = n(u_j + MLP(u_j))`` before the mean;
         - ``use_text=True`` (default): a class with images gets ``n(alpha * t + (1 - alpha) * v)`` for each of its
           text prompts ``t`` (normalised CLIP text; synonyms are each fused with the same ``v``, the class score
           stays the max over them); ``alpha=1`` gives the text alone (images are checked but not used), ``alpha=0``
@@ -307,6 +314,7 @@ class YWDetectionModel(DetectionModel):
         """Image-prompt part of ``set_classes`` (arguments already split by ``parse_classes``)."""
         from ultralytics.utils import LOGGER
 
+        from yw_ext.image_adapter import adapter_digest, model_adapter
         from yw_ext.text.image import DEFAULT_ALPHA, average_embeddings, fuse_embeddings, image_encoder, load_exemplars
 
         if embeddings is not None:
@@ -342,11 +350,20 @@ class YWDetectionModel(DetectionModel):
             if ienc.dim != d:
                 raise ValueError(f"CLIP image encoder gives {ienc.dim}-d embeddings but this model expects {d}-d.")
             feats = ienc.encode_images([c for n in need for c in crops[n]], batch=32).float().cpu()  # (M, D)
+            image_id = ienc.identity
+            adapter = model_adapter(self)
+            if adapter is not None:  # trained projector (train(mode="image_prompt")): v_j = n(u_j + MLP(u_j))
+                with torch.no_grad():
+                    feats = adapter(feats)  # (M, D)
+                trained_on = self.image_adapter_state.get("image_encoder_id")
+                if trained_on and trained_on != ienc.identity:
+                    LOGGER.warning(f"the image adapter was trained on CLIP image tower {trained_on}, but the exemplars "
+                                   f"are encoded by {ienc.identity} ({ienc.clip.source}); use the same CLIP.")
+                image_id = f"{image_id}+adapter:{adapter_digest(self.image_adapter_state['adapter'])}"
             i = 0
             for n in need:
                 img[n] = average_embeddings(feats[i: i + len(crops[n])])  # (D,)
                 i += len(crops[n])
-            image_id = ienc.identity
         if use_text:
             flat, g = pad_prompts(prompts)
             text, encoder_id = self.encode_text(flat, encoder=encoder, batch=batch, cache=cache)

@@ -4,10 +4,11 @@ Works with every ONNX file ``YOLOWorld.export(format="onnx", ...)`` writes (and 
 exports):
 
 - fixed vocabulary (folded): one input ``images``; class names from the metadata; ``set_classes`` raises;
-- run-time vocabulary (``dynamic_vocab=True``): inputs ``images`` and ``txt_feats`` ``(1 or B, P, D)``;
-  ``set_classes(names)`` encodes prompts with a ``TextEncoder`` (exported CLIP text tower) or takes embeddings;
-  synonyms (``["car", "automobile"]``) are scored as the max over their prompts, here in numpy (the graph scores
-  prompts); without ``set_classes`` the vocabulary stored in the file is used;
+- run-time vocabulary (``dynamic_vocab=True``): inputs ``images`` and ``txt_feats`` (``(1, P, D)`` for a fixed batch,
+  broadcast to the batch in the graph; ``(1 or B, P, D)`` for a dynamic batch); one ``(1, P, D)`` vocabulary is fed
+  with every batch; ``set_classes(names)`` encodes prompts with a ``TextEncoder`` (exported CLIP text tower) or
+  takes embeddings; synonyms (``["car", "automobile"]``) are scored as the max over their prompts, here in numpy
+  (the graph scores prompts); without ``set_classes`` the vocabulary stored in the file is used;
 - raw output ``(B, 4 + K, A)`` (Ultralytics' NMS is reproduced in numpy, ``yw_ext.runtime.ops``) or in-graph NMS
   ``(B, max_det, 6)`` (``nms=True``; the graph's ``conf`` / ``iou`` were fixed at export, ``conf`` here filters
   further).
@@ -259,16 +260,23 @@ class Detector:
     def forward(self, images: np.ndarray, txt_feats: np.ndarray | None = None) -> np.ndarray:
         """Raw model call: ``(B, 3, H, W)`` float32 -> ``(B, 4 + P, A)`` (or ``(B, max_det, 6)`` with NMS).
 
-        ``txt_feats`` ``(1 or B, P, D)`` defaults to the current vocabulary; checked against the model's width and
-        prompt range.
+        ``txt_feats`` ``(1, P, D)`` (or ``(B, P, D)``, one vocabulary per image, for models exported with a dynamic
+        batch) defaults to the current vocabulary; checked against the model's width and prompt range.
         """
         feeds = {self.input_name: np.ascontiguousarray(images, np.float32)}
         if self.dynamic_vocab:
             t = self.text_features() if txt_feats is None else np.asarray(txt_feats, np.float32)
             if t is not None:
-                if t.ndim != 3 or t.shape[0] not in (1, images.shape[0]):
+                tb = self.backend.shape(TXT_INPUT)[0]  # 1 (fixed-batch export) or a dynamic dim
+                if isinstance(tb, int) and tb > 0:
+                    if t.ndim != 3 or t.shape[0] != tb:
+                        raise ValueError(f"txt_feats must be ({tb}, P, D) for {self.path.name} (one vocabulary, "
+                                         f"broadcast to the batch in the graph), got {t.shape}; export with "
+                                         "dynamic=True for a vocabulary per image.")
+                elif t.ndim != 3 or t.shape[0] not in (1, images.shape[0]):
                     raise ValueError(f"txt_feats must be (1 or B={images.shape[0]}, P, D), got {t.shape}.")
-                self._check_embeddings(t[0])
+                for row in t:  # (P, D) per vocabulary
+                    self._check_embeddings(row)
                 feeds[TXT_INPUT] = np.ascontiguousarray(t)
         elif txt_feats is not None:
             raise ValueError(f"{self.path.name} has a fixed vocabulary: it takes no txt_feats.")

@@ -24,7 +24,8 @@ Exemplars (what ``set_classes(..., images={...})`` accepts per class, one item o
 Formulas (all vectors L2-normalised, ``n(v) = v / ||v||``):
 
 - one exemplar: ``v = n(CLIP_image(preprocess(crop)))``;
-- several exemplars of a class: ``v = n(mean_j v_j)``;
+- several exemplars of a class: ``v = n(mean_j v_j)``; a model with a trained image adapter
+  (``train(mode="image_prompt")``, see ``yw_ext.image_adapter``) uses ``v = n(mean_j A(v_j))`` instead;
 - text and image: ``e = n(alpha * t + (1 - alpha) * v)`` (default ``alpha = 0.5``), ``t`` the class's normalised
   CLIP text embedding (each synonym prompt is fused with the same ``v``).
 
