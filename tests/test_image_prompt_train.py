@@ -362,3 +362,28 @@ def test_cli_image_prompt_train_and_val(env, data, capsys):
     assert entrypoint(["val", "model=yw-v2-n.yaml", f"data={data['yaml']}", "image_prompts=2",
                        f"image_adapter={data['yaml']}", "name=v2", *common]) == 2
     assert "not a readable .npz image-adapter file" in capsys.readouterr().err
+
+
+def test_image_embeddings_are_cached_on_disk(env, assets, monkeypatch):
+    from yw_ext.text.image import CLIPImageEncoder
+
+    bus = assets / "bus.jpg"
+    encoded = []
+    original = CLIPImageEncoder.preprocess
+
+    def counting(self, images):
+        encoded.append(len(images))
+        return original(self, images)
+
+    monkeypatch.setattr(CLIPImageEncoder, "preprocess", counting)
+    images = {"bus": [(bus, [17, 231, 802, 768]), (bus, [0, 0, 400, 400])], "person": (bus, [48, 398, 246, 905])}
+    model = yw_ext.YOLOWorld("yw-v2-n.yaml")
+    model.set_classes(["bus", "person"], images=images, use_text=False)
+    first = model.model.txt_feats.clone()
+    assert sum(encoded) == 3
+    model.set_classes(["bus", "person"], images=images, use_text=False)  # all three crops from the cache
+    assert sum(encoded) == 3 and torch.equal(model.model.txt_feats, first)
+    model.set_classes(["bus", "person"], images=images, use_text=False, cache=False)  # cache off: encoded again
+    assert sum(encoded) == 6 and torch.equal(model.model.txt_feats, first)
+    model.set_classes(["bus", "person"], images=images, use_text=False, margin=0.1)  # other pixels: new keys
+    assert sum(encoded) == 9 and not torch.equal(model.model.txt_feats, first)

@@ -451,7 +451,8 @@ class YWImagePromptTrainer(YWPromptTrainer):
                 crops.append(crop_box(pil, box, cls=name, idx=i))
                 cls.append(names.index(name))
         d = model.embed_dim
-        feats = self.image_encoder.encode_images(crops).float() if crops else torch.zeros(0, d)  # (R, D)
+        feats = (self.image_encoder.encode_images(crops, cache=None).float() if crops
+                 else torch.zeros(0, d))  # (R, D); the on-disk embedding cache serves repeated runs  # fmt: skip
         ids = torch.tensor(cls, dtype=torch.long)  # (R,)
         for m in (model, self.ema.ema):
             m.prompt.set_references(feats, ids)

@@ -268,7 +268,8 @@ class YWDetectionModel(DetectionModel):
             encoder: A ``CLIPTextEncoder`` or a CLIP source (path); default ``yw_ext.text.load_clip()``. Image prompts
                 use the image tower of this CLIP (default ``$YW_CLIP``).
             batch: Text-encoding batch size.
-            cache: ``EmbeddingCache`` to use, ``False`` to disable (default: the on-disk cache).
+            cache: ``EmbeddingCache`` to use, ``False`` to disable (default: the on-disk cache). Image prompts use
+                it too (keyed by the CLIP image tower and a hash of each crop's pixels).
             images: ``{class_name: exemplar or [exemplars]}``; an exemplar is an image path, a BGR uint8 ndarray
                 (cv2 / Ultralytics order), a PIL image, or ``(image, [x1, y1, x2, y2])`` (a pixel box of the original
                 image to crop). Keys must be class names from ``classes``.
@@ -349,7 +350,8 @@ class YWDetectionModel(DetectionModel):
             ienc = image_encoder(encoder)
             if ienc.dim != d:
                 raise ValueError(f"CLIP image encoder gives {ienc.dim}-d embeddings but this model expects {d}-d.")
-            feats = ienc.encode_images([c for n in need for c in crops[n]], batch=32).float().cpu()  # (M, D)
+            flat_crops = [c for n in need for c in crops[n]]
+            feats = ienc.encode_images(flat_crops, batch=32, cache=cache).float().cpu()  # (M, D), cached on disk
             image_id = ienc.identity
             adapter = model_adapter(self)
             if adapter is not None:  # trained projector (train(mode="image_prompt")): v_j = n(u_j + MLP(u_j))

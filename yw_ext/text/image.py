@@ -433,13 +433,16 @@ class CLIPImageEncoder:
         """
         return torch.stack([self.transform(load_image(im, None, i)) for i, im in enumerate(images)])
 
-    def encode_images(self, images: Union[Any, Sequence[Any]], batch: int = 32) -> torch.Tensor:
+    def encode_images(self, images: Union[Any, Sequence[Any]], batch: int = 32, cache: Any = False) -> torch.Tensor:
         """L2-normalised CLIP image embeddings, batched, under ``torch.inference_mode()``.
 
         Args:
             images: One image or a list: paths, BGR uint8 ndarrays (cv2 convention) or PIL images. Crop boxes
                 first with ``crop_box``.
             batch: Images per forward pass.
+            cache: ``False`` (default): encode every image. An ``EmbeddingCache`` or None (the default on-disk cache,
+                shared with text embeddings): images are keyed by this tower's identity and a SHA-256 of their RGB
+                pixels (``image_key``), and only images not cached yet are encoded.
 
         Returns:
             (torch.Tensor): ``(N, D)`` float32 on the encoder's device.
@@ -458,6 +461,12 @@ class CLIPImageEncoder:
             raise ValueError(f"batch must be a positive integer, got {batch!r}")
         if not images:
             return torch.zeros((0, self.dim), device=self.device)
+        if cache is not False:
+            from yw_ext.text.cache import encode_texts
+
+            rgb = [load_image(im, None, i) for i, im in enumerate(images)]
+            by_key = {image_key(im): im for im in rgb}
+            return encode_texts(_KeyedImages(self, by_key), [image_key(im) for im in rgb], cache=cache, batch=batch)
         visual = self.clip.model.visual
         out = []
         with torch.inference_mode():
@@ -472,6 +481,31 @@ class CLIPImageEncoder:
 
     def __repr__(self) -> str:
         return f"CLIPImageEncoder(dim={self.dim}, image_size={self.image_size}, source={self.clip.source!r})"
+
+
+def image_key(image: Any) -> str:
+    """Cache key of an RGB ``PIL.Image``: ``"image:sha256:<hex>"`` of its size and RGB pixel bytes.
+
+    Examples:
+        >>> from PIL import Image
+        >>> image_key(Image.new("RGB", (2, 2)))[:13]
+        'image:sha256:'
+    """
+    h = hashlib.sha256(f"{image.size[0]}x{image.size[1]}:".encode())
+    h.update(image.convert("RGB").tobytes())
+    return f"image:sha256:{h.hexdigest()}"
+
+
+class _KeyedImages:
+    """``encode_texts``' encoder interface over images addressed by ``image_key`` (so the text cache serves images)."""
+
+    def __init__(self, encoder: CLIPImageEncoder, by_key: dict):
+        self.encoder, self.by_key = encoder, by_key
+        self.identity, self.dim, self.device = encoder.identity, encoder.dim, encoder.device
+
+    def encode(self, keys: Sequence[str], batch: int = 32) -> torch.Tensor:
+        """Embeddings ``(N, D)`` of the images behind ``keys``."""
+        return self.encoder.encode_images([self.by_key[k] for k in keys], batch=batch)
 
 
 _WRAPPERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
