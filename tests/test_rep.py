@@ -15,9 +15,18 @@ from ultralytics.nn.modules.head import Detect
 
 import yw_ext
 from tests.conftest import randomize_
+from yw_ext.nn import rep as rep_module
 from yw_ext.nn.build import load_model_cfg
 from yw_ext.nn.model import YWDetectionModel
-from yw_ext.nn.rep import L2Normalize, RepC2fAttn, RepMaxSigmoidAttn, RepWorldDetect, reparameterize
+from yw_ext.nn.rep import (
+    CHUNK_ALIGN,
+    L2Normalize,
+    RepC2fAttn,
+    RepMaxSigmoidAttn,
+    RepWorldDetect,
+    _chunk_sizes,
+    reparameterize,
+)
 
 SCORE_TOL = 1e-4  # sigmoid class scores, absolute (logits: relative to their largest magnitude)
 BOX_TOL = 1e-3  # decoded boxes, pixels
@@ -196,9 +205,10 @@ def test_neck_max_is_chunked_and_chunk_size_does_not_matter():
             outs[chunk] = rep(x)
             for hk in hooks:
                 hk.remove()
-            n_chunks, per_chunk = rep.attn.n_chunks, rep.attn.chunk
-            assert seen == [2 * per_chunk] * n_chunks and per_chunk <= min(chunk, 300)  # 2 heads
-            assert 0 <= n_chunks * per_chunk - 300 < n_chunks  # padding: fewer than one prompt per chunk
+            sizes = [c.out_channels // 2 for c in rep.attn.guide_convs]  # prompts per chunk (2 heads)
+            assert seen == [2 * s for s in sizes] and rep.attn.n_chunks == len(sizes)
+            assert max(sizes) == rep.attn.chunk <= min(chunk, 304)
+            assert 0 <= sum(sizes) - 300 < CHUNK_ALIGN  # padding (copies of the last prompt), in the last chunk only
     for chunk, out in outs.items():
         assert (out - ref).abs().max().item() <= 1e-5, chunk
         assert (out - outs[128]).abs().max().item() <= 1e-6, chunk
@@ -209,7 +219,8 @@ def test_rep_modules_have_no_text_input():
     assert not issubclass(RepC2fAttn, C2fAttn) and not issubclass(RepWorldDetect, WorldDetect)
     assert issubclass(RepWorldDetect, Detect)
     m = RepMaxSigmoidAttn(64, 64, nh=2, ec=64, num_prompts=1203)
-    assert (m.n_chunks, m.chunk) == (10, 121) and tuple(m.guide_convs[0].weight.shape) == (2 * 121, 32, 1, 1)
+    assert (m.n_chunks, m.chunk) == (10, 128) and tuple(m.guide_convs[0].weight.shape) == (2 * 128, 32, 1, 1)
+    assert tuple(m.guide_convs[-1].weight.shape) == (2 * 64, 32, 1, 1)  # 51 prompts + 13 padding
     with pytest.raises(ValueError, match="guide must be"):
         m.set_guide(torch.zeros(5, 64))
 
@@ -223,9 +234,145 @@ def test_training_mode_and_decoding_paths():
     assert set(out) == {"boxes", "scores", "feats"} and out["scores"].shape == (1, 3, 84)  # K, not K * G
     with torch.no_grad():
         assert (f(x)[1]["scores"] - m(x)[1]["scores"]).abs().max().item() <= 1e-4
-        y_fast = f(x)[0]  # RepWorldDetect._inference writes the scores into the output
-    y_ref = f(x)[0]  # autograd on: Detect's own decoding
-    assert y_ref.requires_grad and torch.equal(y_ref.detach(), y_fast)
+        y_fast = f(x)[0]  # inference fast paths (RepWorldDetect.forward, RepMaxSigmoidAttn channels-last)
+    y_ref = f(x)[0]  # autograd on: the reference paths, Detect's own decoding
+    assert y_ref.requires_grad and y_ref.shape == y_fast.shape
+    assert (y_ref.detach()[:, 4:] - y_fast[:, 4:]).abs().max().item() <= 1e-5  # float rounding of the neck only
+    assert (y_ref.detach()[:, :4] - y_fast[:, :4]).abs().max().item() <= BOX_TOL
+
+
+def test_chunk_sizes():
+    """Chunks of at most ``chunk`` prompts, full ones 16-aligned, fewer than 16 padding prompts in the last one."""
+    for p in (1, 2, 15, 16, 17, 80, 100, 127, 128, 129, 255, 256, 300, 1203, 2406, 4000):
+        for chunk in (1, 7, 16, 20, 64, 100, 128, 256, 300, 5000):
+            sizes = _chunk_sizes(p, chunk)
+            assert all(0 < s <= chunk for s in sizes), (p, chunk, sizes)
+            assert 0 <= sum(sizes) - p < CHUNK_ALIGN and sum(sizes) - sizes[-1] < p, (p, chunk, sizes)
+            assert len(set(sizes[:-1])) <= 1, (p, chunk, sizes)  # equal full chunks, then the remainder
+            if chunk >= CHUNK_ALIGN and len(sizes) > 1:
+                assert sizes[0] % CHUNK_ALIGN == 0, (p, chunk, sizes)
+    assert _chunk_sizes(1203, 128) == [128] * 9 + [64] and _chunk_sizes(80, 128) == [80]
+    with pytest.raises(ValueError):
+        _chunk_sizes(0, 128)
+
+
+def test_neck_old_equal_chunk_layout_still_runs():
+    """Folded models pickled with equal chunks (10 x 121 for P = 1203 before 16-alignment) keep working."""
+    torch.manual_seed(0)
+    guide = torch.randn(300, 64) * 3
+    new = RepMaxSigmoidAttn(64, 64, nh=2, ec=64, num_prompts=300).eval()
+    old = copy.deepcopy(new)
+    old.guide_convs = torch.nn.ModuleList(torch.nn.Conv2d(64, 2 * 100, 1, groups=2, bias=False) for _ in range(3))
+    old.n_chunks, old.chunk = 3, 100
+    new.set_guide(guide)
+    old.set_guide(guide)
+    x = torch.randn(2, 64, 9, 7)
+    ref = new(x)  # autograd on: reference path
+    with torch.no_grad():
+        for m in (new, old):
+            assert (m(x) - ref).abs().max().item() <= 1e-5
+    assert (old(x) - ref).abs().max().item() <= 1e-5
+
+
+def test_export_graph_regroups_the_neck_chunks():
+    """Traced graphs use equal chunks (10 x 121 at P = 1203: ONNX Runtime's faster layout), the same maximum."""
+    torch.manual_seed(0)
+    m = RepMaxSigmoidAttn(64, 64, nh=2, ec=64, num_prompts=1203).eval()
+    m.set_guide(torch.randn(1203, 64))
+    guides = m._export_guides()
+    assert [tuple(g.shape) for g in guides] == [(2 * 121, 32, 1, 1)] * 10
+    e = torch.randn(1, 64, 6, 5)
+    with torch.no_grad():
+        assert (m._max_similarity(e, guides) - m._max_similarity(e)).abs().max().item() <= 1e-5
+        traced = torch.jit.trace(m, torch.randn(1, 64, 6, 5))
+        assert (traced(e) - m(e)).abs().max().item() <= 1e-5
+
+
+def _spy(monkeypatch) -> Counter:
+    """Count calls of the inference fast paths (neck: channels-last max; head: banded classifier)."""
+    calls = Counter()
+    nhwc, classify = RepMaxSigmoidAttn._max_similarity_nhwc, rep_module._classify_into
+
+    def spy_nhwc(self, embed):
+        calls["neck"] += 1
+        return nhwc(self, embed)
+
+    def spy_classify(*args):
+        calls["head"] += 1
+        return classify(*args)
+
+    monkeypatch.setattr(RepMaxSigmoidAttn, "_max_similarity_nhwc", spy_nhwc)
+    monkeypatch.setattr(rep_module, "_classify_into", spy_classify)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "cfg, layout, band_bytes, huge",
+    [
+        ("yw-v2-n.yaml", "nchw", None, None),  # defaults: whole levels in one band at this size
+        ("yw-v2-n.yaml", "nchw", 1, 1),  # one row per band; every output on an mmap (huge-page) buffer
+        ("yw-v2-n.yaml", "channels_last", 20_000, 0),  # AutoBackend's CPU layout; a few rows per band
+        ("plain-head", "nchw", 1, None),  # L2 head: hidden -> D conv, L2Normalize, then the banded D -> P conv
+    ],
+)
+def test_inference_fast_paths_match_reference(monkeypatch, cfg, layout, band_bytes, huge):
+    """Eager no-grad inference (in-place, channels-last neck, banded head) = the autograd / export reference paths."""
+    if band_bytes is not None:
+        monkeypatch.setattr(rep_module, "BAND_BYTES", band_bytes)
+    if huge is not None:
+        monkeypatch.setattr(rep_module, "HUGE_PAGE_MIN_BYTES", huge)
+    m = _model(cfg, 150, 2)  # P = 300 prompts: neck chunks of 128, 128, 48
+    reparameterize(m)
+    x = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(3))
+    if layout == "channels_last":
+        m = m.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        assert all(b[-1].weight.stride() == (b[-1].in_channels, 1, 1, 1) for b in m.model[-1].cv3)  # see _apply
+    calls = _spy(monkeypatch)
+    y_ref, p_ref = m(x)  # parameters require grad: reference paths
+    assert y_ref.requires_grad and not calls
+    with torch.inference_mode():
+        y, p = m(x)
+    assert calls["neck"] == 4 and calls["head"] == 3  # every RepC2fAttn, every level
+    y_ref, s_ref = y_ref.detach(), p_ref["scores"].detach()
+    assert y.shape == y_ref.shape == (2, 4 + 150, 12 * 16 + 6 * 8 + 3 * 4) and y.is_contiguous()
+    assert set(p) == {"boxes", "scores", "feats"} and p["scores"].shape == s_ref.shape
+    b_ref = p_ref["boxes"].detach()  # the box branch is unchanged; its inputs differ by the neck's float rounding
+    assert (p["boxes"] - b_ref).abs().max().item() <= 1e-5 * max(1.0, b_ref.abs().max().item())
+    scale = max(1.0, s_ref.abs().max().item())
+    assert (p["scores"] - s_ref).abs().max().item() <= 1e-5 * scale
+    assert (y[:, 4:] - y_ref[:, 4:]).abs().max().item() <= 1e-5
+    assert (y[:, :4] - y_ref[:, :4]).abs().max().item() <= 1e-3
+    assert s_ref.std().item() > 0.1  # scores vary: a wrong band or column block cannot hide
+    with torch.no_grad():  # no_grad (not only inference_mode) takes the fast paths too
+        y2, _ = m(x)
+    assert calls["head"] == 6 and torch.equal(y2, y)
+
+
+def test_fast_path_outputs_are_independent_buffers():
+    """Each forward returns fresh outputs: results a caller keeps are never overwritten by the next call."""
+    m = _model("yw-v2-n.yaml", 7, 1)
+    reparameterize(m)
+    x1, x2 = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        y1, p1 = m(x1)
+        keep_y, keep_s = y1.clone(), p1["scores"].clone()
+        y2, p2 = m(x2)
+    assert torch.equal(y1, keep_y) and torch.equal(p1["scores"], keep_s) and not torch.equal(y1, y2)
+    assert y1.data_ptr() != y2.data_ptr() and p1["scores"].data_ptr() != p2["scores"].data_ptr()
+
+
+def test_empty_output_huge_page_buffer(monkeypatch):
+    monkeypatch.setattr(rep_module, "HUGE_PAGE_MIN_BYTES", 1)
+    like = torch.zeros(1)
+    t = rep_module._empty_output((3, 5, 7), like)
+    assert t.shape == (3, 5, 7) and t.dtype == like.dtype and t.is_contiguous()
+    t.fill_(2.0)
+    view = t[1:, 2]
+    del t
+    assert torch.equal(view, torch.full((2, 7), 2.0))  # the view keeps the mapping alive
+    monkeypatch.setattr(rep_module, "HUGE_PAGE_MIN_BYTES", 0)
+    assert rep_module._empty_output((2, 2), torch.zeros(1, dtype=torch.float16)).dtype == torch.float16
 
 
 # ---------------------------------------------------------------------------------------------------- ONNX
@@ -405,8 +552,10 @@ def test_v1_raises_or_folds_partially(bus):
         _assert_exact(d)
 
 
-def test_not_a_world_model_raises():
+def test_not_a_world_model_raises(monkeypatch):
     from ultralytics.nn.tasks import DetectionModel
 
+    # parse_model sets the class attribute Detect.legacy for v8 configs; restore it so later tests build alike
+    monkeypatch.setattr(Detect, "legacy", Detect.legacy)
     with pytest.raises(TypeError, match="WorldDetect head"):
         reparameterize(DetectionModel("yolov8n.yaml", verbose=False))

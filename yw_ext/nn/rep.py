@@ -33,6 +33,7 @@ Classes here are pickled into checkpoints by their import path (``yw_ext.nn.rep.
 from __future__ import annotations
 
 import math
+import mmap
 
 import torch
 import torch.nn as nn
@@ -44,6 +45,19 @@ from ultralytics.nn.modules.head import Detect
 
 DEFAULT_CHUNK = 128
 """Most prompts whose similarity maps ``RepMaxSigmoidAttn`` computes at once before updating its running max."""
+CHUNK_ALIGN = 16
+"""Prompts per chunk are multiples of this where possible (see ``_chunk_sizes``)."""
+
+HUGE_PAGE_MIN_BYTES = 8 << 20
+"""CPU output buffers of the folded head at least this large are backed by transparent huge pages (0: never).
+
+The folded head's two ``(B, P, A)`` outputs (class logits and decoded scores) are fresh allocations on every forward;
+glibc maps allocations of that size (> 32 MB for s at 640 with P = 1203) anew each time, and touching them first costs
+one page fault per 4 KiB page: about 9 ms per 40 MB on the machines here, a quarter of the head's time. The same
+buffer mapped with ``MADV_HUGEPAGE`` faults in 2 MiB pages (about 2 ms). Linux only; elsewhere, when the kernel
+has no transparent huge pages (``/sys/kernel/mm/transparent_hugepage/enabled`` = never), or below this size,
+buffers are plain ``torch.empty``.
+"""
 
 # Detect attributes that may be set on a head instance (by parse_model, the model build, the exporter or a predictor)
 # and that the folded head must carry over.
@@ -54,20 +68,38 @@ _HEAD_ATTRS = (
 _LAYER_ATTRS = ("f", "i", "type", "np")  # parse_model's bookkeeping on every layer
 
 
-def _chunking(num_prompts: int, chunk: int) -> tuple[int, int]:
-    """Split ``num_prompts`` into the fewest chunks of at most ``chunk``, as evenly as possible.
+def _chunk_sizes(num_prompts: int, chunk: int) -> list[int]:
+    """Prompts per chunk of the neck's running max: full chunks of at most ``chunk``, then the remainder.
+
+    Full chunks hold ``chunk`` rounded down to a multiple of ``CHUNK_ALIGN`` prompts (``chunk`` itself when smaller);
+    the last chunk is padded up to a multiple of ``CHUNK_ALIGN`` when it has at least that many prompts and stays
+    within ``chunk``. oneDNN's grouped convolutions (PyTorch on CPU) run several times faster with a 16-aligned
+    number of outputs per group (AVX-512 blocks), and the padding stays below ``CHUNK_ALIGN`` prompts in all.
 
     Returns:
-        (number of chunks, prompts per chunk); ``n * size >= num_prompts`` with less than ``n`` padding prompts.
+        Sizes per chunk, ``sum >= num_prompts`` (the excess is padding), each at most ``chunk``.
 
     Examples:
-        >>> _chunking(1203, 128), _chunking(80, 128), _chunking(256, 128)
-        ((10, 121), (1, 80), (2, 128))
+        >>> _chunk_sizes(1203, 128) == [128] * 9 + [64]  # 51 prompts + 13 padding in the last chunk
+        True
+        >>> _chunk_sizes(80, 128), _chunk_sizes(300, 128), _chunk_sizes(14, 128), _chunk_sizes(300, 1000)
+        ([80], [128, 128, 48], [14], [304])
+        >>> _chunk_sizes(20, 7), _chunk_sizes(300, 300)
+        ([7, 7, 6], [300])
     """
     if num_prompts < 1 or chunk < 1:
         raise ValueError(f"num_prompts ({num_prompts}) and chunk ({chunk}) must be positive.")
-    n = math.ceil(num_prompts / chunk)
-    return n, math.ceil(num_prompts / n)
+    a = CHUNK_ALIGN
+    if num_prompts <= chunk:
+        sizes = [num_prompts]
+    else:
+        size = chunk // a * a if chunk >= a else chunk
+        n_full, rest = divmod(num_prompts, size)
+        sizes = [size] * n_full + ([rest] if rest else [])
+    padded = math.ceil(sizes[-1] / a) * a
+    if sizes[-1] >= a and padded <= chunk:
+        sizes[-1] = padded
+    return sizes
 
 
 class RepMaxSigmoidAttn(nn.Module):
@@ -77,12 +109,18 @@ class RepMaxSigmoidAttn(nn.Module):
     ``proj_conv(x)`` times ``aw[h]`` per head, as ``MaxSigmoidAttnBlock`` with a fixed guide.
 
     The guide is stored in ``guide_convs``, one bias-free grouped 1x1 ``nn.Conv2d`` per chunk of prompts
-    (``groups = nh``, weight ``(nh * chunk, hc, 1, 1)``): group ``h`` of conv ``c`` outputs the similarities of
-    prompts ``c * chunk ... (c + 1) * chunk - 1`` for head ``h``. The forward keeps a running maximum over the chunks,
-    so at most ``(B, nh * chunk, H, W)`` similarities exist at a time. When ``P`` is not a multiple of ``chunk`` the
-    last prompt is repeated as padding (fewer than one prompt per chunk); a repeated prompt cannot change a maximum,
-    so the result is exact. Plain 4-d conv weights: THOP counts them, and Ultralytics' ``AutoBackend`` can convert the
-    model to ``channels_last``.
+    (``groups = nh``, weight ``(nh * size, hc, 1, 1)`` for a chunk of ``size`` prompts): group ``h`` of a conv outputs
+    the similarities of that chunk's prompts for head ``h``. Chunks hold ``chunk`` prompts (the most of any chunk),
+    the last one the remainder (``_chunk_sizes``: sizes are multiples of 16 where possible). The forward keeps a
+    running maximum over the chunks, so at most ``(B, nh * chunk, H, W)`` similarities exist at a time. The last
+    chunk is padded with copies of the last prompt (fewer than 16); a repeated prompt cannot change a maximum, so the
+    result is exact. Each conv's chunk size is read from its weight, so models folded with other chunkings (equal
+    chunks) load and run unchanged. Plain 4-d conv weights: THOP counts them, and Ultralytics' ``AutoBackend`` can
+    convert the model to ``channels_last``.
+
+    Eager CPU inference without autograd runs the convs channels-last and reduces each pixel's contiguous run of a
+    chunk's similarities (``_max_similarity_nhwc``); tracing / export, autograd and other devices run the plain
+    NCHW loop. Both compute the same maximum.
 
     Args:
         c1: Input channels.
@@ -95,8 +133,8 @@ class RepMaxSigmoidAttn(nn.Module):
 
     Examples:
         >>> m = RepMaxSigmoidAttn(64, 64, nh=2, ec=64, num_prompts=300)
-        >>> m.n_chunks, m.chunk, tuple(m.guide_convs[0].weight.shape)  # (nh * chunk, hc, 1, 1) per chunk
-        (3, 100, (200, 32, 1, 1))
+        >>> m.n_chunks, m.chunk, [tuple(c.weight.shape) for c in m.guide_convs]  # (nh * size, hc, 1, 1) per chunk
+        (3, 128, [(256, 32, 1, 1), (256, 32, 1, 1), (96, 32, 1, 1)])
         >>> tuple(m(torch.zeros(1, 64, 8, 8)).shape)
         (1, 64, 8, 8)
     """
@@ -111,14 +149,13 @@ class RepMaxSigmoidAttn(nn.Module):
         self.nh = nh
         self.hc = c2 // nh
         self.num_prompts = int(num_prompts)
-        self.n_chunks, self.chunk = _chunking(self.num_prompts, chunk)
+        sizes = _chunk_sizes(self.num_prompts, chunk)
+        self.n_chunks, self.chunk = len(sizes), max(sizes)
         self.ec = Conv(c1, ec, k=1, act=False) if c1 != ec else None
         self.bias = nn.Parameter(torch.zeros(nh))
         self.proj_conv = Conv(c1, c2, k=3, s=1, act=False)
         self.scale = nn.Parameter(torch.ones(1, nh, 1, 1)) if scale else 1.0
-        self.guide_convs = nn.ModuleList(
-            nn.Conv2d(ec, nh * self.chunk, 1, groups=nh, bias=False) for _ in range(self.n_chunks)
-        )
+        self.guide_convs = nn.ModuleList(nn.Conv2d(ec, nh * size, 1, groups=nh, bias=False) for size in sizes)
         for conv in self.guide_convs:
             nn.init.zeros_(conv.weight)
 
@@ -129,34 +166,104 @@ class RepMaxSigmoidAttn(nn.Module):
         Examples:
             >>> m = RepMaxSigmoidAttn(8, 8, nh=2, ec=8, num_prompts=3, chunk=2)
             >>> m.set_guide(torch.arange(24.0).view(3, 8))
-            >>> m.guide_convs[1].weight[:, :, 0, 0].tolist()  # chunk 1: prompt 2 and its padding copy; heads 0, 1
-            [[16.0, 17.0, 18.0, 19.0], [16.0, 17.0, 18.0, 19.0], [20.0, 21.0, 22.0, 23.0], [20.0, 21.0, 22.0, 23.0]]
+            >>> m.guide_convs[0].weight[:, :, 0, 0].tolist()  # chunk 0: prompts 0, 1 for head 0, then for head 1
+            [[0.0, 1.0, 2.0, 3.0], [8.0, 9.0, 10.0, 11.0], [4.0, 5.0, 6.0, 7.0], [12.0, 13.0, 14.0, 15.0]]
+            >>> m.guide_convs[1].weight[:, :, 0, 0].tolist()  # chunk 1: prompt 2; heads 0, 1
+            [[16.0, 17.0, 18.0, 19.0], [20.0, 21.0, 22.0, 23.0]]
+            >>> m = RepMaxSigmoidAttn(8, 8, nh=2, ec=8, num_prompts=17, chunk=32)  # one chunk of 32: 15 padding copies
+            >>> m.set_guide(torch.arange(136.0).view(17, 8))
+            >>> m.guide_convs[0].weight[15:18, :, 0, 0].tolist()  # head 0: prompt 15, prompt 16, a copy of 16
+            [[120.0, 121.0, 122.0, 123.0], [128.0, 129.0, 130.0, 131.0], [128.0, 129.0, 130.0, 131.0]]
         """
         p, c = guide.shape
         if p != self.num_prompts or c != self.nh * self.hc:
             raise ValueError(f"guide must be ({self.num_prompts}, {self.nh * self.hc}), got {tuple(guide.shape)}.")
-        n, size = self.n_chunks, self.chunk
-        pad = n * size - p
-        g = torch.cat((guide, guide[-1:].expand(pad, -1)), 0) if pad else guide  # (n_chunks * chunk, nh * hc)
-        g = g.view(n, size, self.nh, self.hc).permute(0, 2, 1, 3)  # (n_chunks, nh, chunk, hc)
-        for conv, w in zip(self.guide_convs, g):
-            conv.weight.copy_(w.reshape(self.nh * size, self.hc, 1, 1))  # (nh * chunk, hc, 1, 1)
+        sizes = [conv.out_channels // self.nh for conv in self.guide_convs]
+        pad = sum(sizes) - p
+        if pad < 0:
+            raise ValueError(f"guide_convs hold {sum(sizes)} prompts, fewer than the guide's {p}.")
+        g = torch.cat((guide, guide[-1:].expand(pad, -1)), 0) if pad else guide  # (sum(sizes), nh * hc)
+        for conv, w in zip(self.guide_convs, g.split(sizes)):
+            w = w.view(-1, self.nh, self.hc).transpose(0, 1)  # (nh, size, hc)
+            conv.weight.copy_(w.reshape(conv.out_channels, self.hc, 1, 1))  # (nh * size, hc, 1, 1)
+
+    def _use_fast_path(self, x: torch.Tensor) -> bool:
+        """Whether ``forward`` may use the channels-last, in-place path: eager CPU inference without autograd."""
+        if x.device.type != "cpu" or torch.jit.is_tracing() or torch.jit.is_scripting():
+            return False
+        if torch.compiler.is_compiling():
+            return False
+        return not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+
+    def _max_similarity(self, embed: torch.Tensor, guides: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Reference: ``max`` over all prompts of each head's similarity, ``(B, nh, H, W)`` (NCHW, traceable).
+
+        Args:
+            embed: ``(B, nh * hc, H, W)``.
+            guides: Grouped 1x1 conv weights ``(nh * size, hc, 1, 1)`` per chunk instead of ``guide_convs``' own.
+        """
+        bs, _, h, w = embed.shape
+        aw = None
+        for g in guides if guides is not None else self.guide_convs:  # one chunk of prompts, every head
+            s = F.conv2d(embed, g, groups=self.nh) if guides is not None else g(embed)  # (B, nh * size, H, W)
+            s = s.view(bs, self.nh, -1, h, w).amax(2)  # (B, nh, size, H, W) -> (B, nh, H, W)
+            aw = s if aw is None else torch.maximum(aw, s)
+        return aw
+
+    def _export_guides(self) -> list[torch.Tensor]:
+        """The guide regrouped for export graphs: the fewest equal chunks of at most ``chunk`` prompts each.
+
+        ONNX Runtime ran the 16-aligned chunks of ``guide_convs`` (``_chunk_sizes``, chosen for PyTorch's oneDNN)
+        1.5-2% slower end to end (s at 640, P = 1203) than equal unaligned ones (its profile shows more time in
+        blocked-layout reorders), so traced graphs keep the equal chunks ``reparameterize`` made before the
+        alignment: 10 x 121 prompts at P = 1203, the same graph as before. Padding (fewer prompts than chunks)
+        repeats the last prompt. Tensor ops on the parameters: the exporter's constant folding turns them into
+        initializers.
+
+        Returns:
+            Grouped 1x1 conv weights ``(nh * size, hc, 1, 1)``, one per chunk.
+        """
+        p, nh, hc = self.num_prompts, self.nh, self.hc
+        g = torch.cat([c.weight.reshape(nh, -1, hc) for c in self.guide_convs], 1)[:, :p]  # (nh, P, hc)
+        n = math.ceil(p / self.chunk)
+        size = math.ceil(p / n)
+        if n * size > p:
+            g = torch.cat((g, g[:, -1:].expand(nh, n * size - p, hc)), 1)
+        return [w.reshape(nh * size, hc, 1, 1) for w in g.split(size, 1)]
+
+    def _max_similarity_nhwc(self, embed: torch.Tensor) -> torch.Tensor:
+        """``_max_similarity`` for inference: channels-last convs, each pixel's ``chunk`` similarities contiguous.
+
+        oneDNN runs the grouped 1x1 convs faster on channels-last data, and the max over a chunk becomes a reduction
+        over the innermost dimension; the running max is updated in place. Returns a ``(B, nh, H, W)`` view of a
+        channels-last ``(B, H, W, nh)`` tensor.
+        """
+        bs, _, h, w = embed.shape
+        e = embed.contiguous(memory_format=torch.channels_last)
+        aw = None
+        for conv in self.guide_convs:
+            s = conv(e)  # (B, nh * size, H, W), channels-last
+            s = s.permute(0, 2, 3, 1).reshape(bs, h, w, self.nh, -1).amax(-1)  # (B, H, W, nh)
+            aw = s if aw is None else torch.maximum(aw, s, out=aw)
+        return aw.permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend ``x`` ``(B, c1, H, W)`` with the folded guide; returns ``(B, c2, H, W)``."""
         bs, _, h, w = x.shape
         embed = self.ec(x) if self.ec is not None else x  # (B, nh * hc, H, W)
-        aw = None
-        for conv in self.guide_convs:  # one chunk of prompts, every head
-            s = conv(embed).view(bs, self.nh, self.chunk, h, w)  # (B, nh, chunk, H, W)
-            s = s.amax(2)  # (B, nh, H, W)
-            aw = s if aw is None else torch.maximum(aw, s)
+        fast = self._use_fast_path(x)
+        if fast:
+            aw = self._max_similarity_nhwc(embed)  # (B, nh, H, W)
+        elif torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            aw = self._max_similarity(embed, self._export_guides())
+        else:
+            aw = self._max_similarity(embed)
         aw = aw / (self.hc**0.5)
         aw = aw + self.bias[None, :, None, None]
         aw = aw.sigmoid() * self.scale  # (B, nh, H, W)
         x = self.proj_conv(x)
         x = x.view(bs, self.nh, -1, h, w)  # (B, nh, hc, H, W)
-        x = x * aw.unsqueeze(2)
+        x = x.mul_(aw.unsqueeze(2)) if fast else x * aw.unsqueeze(2)
         return x.view(bs, -1, h, w)  # (B, c2, H, W)
 
 
@@ -265,6 +372,74 @@ class L2Normalize(nn.Module):
         return F.normalize(x, dim=1, p=2)
 
 
+def _empty_output(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """``like.new_empty(shape)``, backed by an anonymous ``mmap`` advised for huge pages when large and on the CPU.
+
+    The tensor owns the mapping (``torch.frombuffer`` keeps the ``mmap`` object alive; it is unmapped when the last
+    view of the tensor is gone). Its storage is not resizable, like any ``torch.from_numpy`` tensor.
+
+    Examples:
+        >>> t = _empty_output((2, 3), torch.zeros(1))
+        >>> tuple(t.shape), t.dtype
+        ((2, 3), torch.float32)
+    """
+    n = math.prod(shape)
+    nbytes = n * like.element_size()
+    if (
+        like.device.type != "cpu"
+        or not HUGE_PAGE_MIN_BYTES
+        or nbytes < HUGE_PAGE_MIN_BYTES
+        or not hasattr(mmap, "MADV_HUGEPAGE")
+        or like.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    ):
+        return like.new_empty(shape)
+    try:
+        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        buf.madvise(mmap.MADV_HUGEPAGE)
+    except (OSError, ValueError):
+        return like.new_empty(shape)
+    return torch.frombuffer(buf, dtype=like.dtype, count=n).view(shape)
+
+
+BAND_BYTES = 4 << 20
+"""Largest temporary (bytes) of the folded head's banded classifier in eager inference (see ``_classify_into``)."""
+
+
+def _classify_into(conv: nn.Module, x: torch.Tensor, logits: torch.Tensor, probs: torch.Tensor) -> None:
+    """Write ``conv(x).flatten(2)`` into ``logits`` and its sigmoid into ``probs`` (both ``(B, C_out, H * W)`` views).
+
+    ``logits`` and ``probs`` are column blocks of the head's ``(B, P, A)`` logits and ``(B, 4 + P, A)`` output. The
+    conv runs over bands of rows whose output (at most ``BAND_BYTES``, at least one row) stays in the CPU caches
+    while it is copied to ``logits`` and written, through the sigmoid, to ``probs``: no ``(B, P, H * W)`` temporary
+    per level, no concatenation, and one pass over the logits for the sigmoid. A 1x1 conv's output rows depend only
+    on the same input rows, so the bands compute the full conv's values (up to float rounding). Other modules, and
+    other devices (where bands would only add kernel launches), run on the whole level. No autograd (``out=`` ops).
+    """
+    bs, _, h, w = x.shape
+    c = logits.shape[1]
+    pointwise = (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.padding in ((0, 0), "valid")
+        and conv.groups == 1
+    )
+    if not pointwise or x.device.type != "cpu":
+        o = conv(x).flatten(2)  # (B, C_out, H * W)
+        logits.copy_(o)
+        torch.sigmoid(o, out=probs)
+        return
+    rows = max(1, min(h, BAND_BYTES // max(1, bs * c * w * logits.element_size())))
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        # NCHW band (a small copy): with RepWorldDetect._apply's weight layout the output is NCHW too, so the copies
+        # below are contiguous rows (a channels-last output would need transposing copies, 1.7x slower here)
+        o = conv(x[:, :, r0:r1].contiguous())  # (B, C_out, r1 - r0, W)
+        dst = slice(r0 * w, r1 * w)
+        logits[:, :, dst].view(bs, c, r1 - r0, w).copy_(o)
+        torch.sigmoid(o, out=probs[:, :, dst].view(bs, c, r1 - r0, w))
+
+
 class RepWorldDetect(Detect):
     """A ``WorldDetect`` head with its vocabulary folded in: an Ultralytics ``Detect`` with ``nc = P`` prompts.
 
@@ -311,6 +486,66 @@ class RepWorldDetect(Detect):
         for a in self.cv2:
             a[-1].bias.data[:] = 1.0
 
+    def _apply(self, fn, *args, **kwargs):
+        """``nn.Module._apply``, then the classifiers' 1x1 conv weights get plain strides again (a metadata change).
+
+        ``model.to(memory_format=torch.channels_last)`` (Ultralytics' ``AutoBackend`` does it on x86 CPUs) gives every
+        4-d weight channels-last strides; for a ``(P, C, 1, 1)`` weight both layouts are the same memory, but the
+        strides make PyTorch return channels-last outputs even for NCHW inputs, and ``_classify_into`` wants NCHW
+        outputs for its row bands. Values and memory are unchanged.
+        """
+        out = super()._apply(fn, *args, **kwargs)
+        for branch in self.cv3:
+            w = branch[-1].weight if isinstance(branch[-1], nn.Conv2d) else None
+            if w is not None and w.dim() == 4 and w.shape[2:] == (1, 1):
+                plain = (w.shape[1], 1, 1, 1)
+                if w.stride() != plain:
+                    w.data = w.data.as_strided(w.shape, plain)
+        return out
+
+    def _use_fast_path(self, x: list[torch.Tensor]) -> bool:
+        """Whether ``forward`` may write into preallocated buffers: eager inference without autograd, not export."""
+        if self.training or self.export or getattr(self, "one2one_cv2", None) is not None or self.cv2 is None:
+            return False
+        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        return not any(t.requires_grad for t in x) and not any(p.requires_grad for p in self.parameters())
+
+    def forward(self, x: list[torch.Tensor]):
+        """``Detect.forward``; in eager inference without autograd, the outputs are written in place.
+
+        ``Detect`` runs each level's classifier into its own ``(B, P, H_i * W_i)`` tensor, concatenates them into the
+        logits ``scores`` ``(B, P, A)``, applies the sigmoid into another ``(B, P, A)`` tensor and concatenates that
+        with the boxes into ``y``: for large vocabularies several ``(B, P, A)``-sized buffers and copies per forward
+        (40 MB each for s at 640 with P = 1203; fresh allocations of that size also cost a page fault per 4 KiB on
+        every call). Here the two outputs are allocated once (``_empty_output``, huge pages) and each level's final
+        conv writes its bands of rows into its column block of ``scores`` and, through the sigmoid, of ``y``
+        (``_classify_into``). The outputs are the same, ``(y, {"boxes", "scores", "feats"})``. Training, export,
+        tracing and autograd use ``Detect.forward`` unchanged.
+        """
+        if not self._use_fast_path(x):
+            return super().forward(x)
+        bs = x[0].shape[0]
+        boxes = torch.cat([self.cv2[i](x[i]).view(bs, 4 * self.reg_max, -1) for i in range(self.nl)], dim=-1)
+        sizes = [xi.shape[2] * xi.shape[3] for xi in x]
+        scores = y = None
+        a = 0
+        for i, n in enumerate(sizes):
+            branch = self.cv3[i]
+            f = x[i]
+            for j in range(len(branch) - 1):
+                f = branch[j](f)  # (B, c3, H, W) (plain head: unit-norm (B, D, H, W))
+            if scores is None:
+                scores = _empty_output((bs, self.nc, sum(sizes)), f)  # (B, P, A) logits
+                y = _empty_output((bs, 4 + self.nc, sum(sizes)), f)  # (B, 4 + P, A)
+            _classify_into(branch[-1], f, scores[:, :, a : a + n], y[:, 4:, a : a + n])
+            a += n
+        preds = {"boxes": boxes, "scores": scores, "feats": x}
+        y[:, :4] = self._get_decode_boxes(preds)  # (B, 4, A)
+        return y, preds
+
     def _inference(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """Decode to ``(B, 4 + P, A)`` like ``Detect._inference``, writing the sigmoid scores into the output.
 
@@ -319,10 +554,15 @@ class RepWorldDetect(Detect):
         P = 1203 on a CPU), so outside export and autograd the scores go straight into the output (same numbers).
         """
         s = x["scores"]  # (B, P, A) logits
-        if self.export or (torch.is_grad_enabled() and s.requires_grad):
+        if (
+            self.export
+            or torch.jit.is_tracing()
+            or torch.compiler.is_compiling()
+            or (torch.is_grad_enabled() and s.requires_grad)
+        ):
             return super()._inference(x)  # traceable / differentiable path
         dbox = self._get_decode_boxes(x)  # (B, 4, A)
-        y = dbox.new_empty(s.shape[0], 4 + s.shape[1], s.shape[2])  # (B, 4 + P, A)
+        y = _empty_output((s.shape[0], 4 + s.shape[1], s.shape[2]), dbox)  # (B, 4 + P, A)
         y[:, :4] = dbox
         torch.sigmoid(s, out=y[:, 4:])
         return y
