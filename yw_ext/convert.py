@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import re
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -1130,15 +1128,9 @@ def save_checkpoint(model: YWDetectionModel, path: str | Path, ckpt: dict[str, A
         "license": "AGPL-3.0 License (https://ultralytics.com/license)",
         "docs": "https://docs.ultralytics.com",
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    from yw_ext.prompts import atomic_torch_save
+
+    return atomic_torch_save(payload, path)
 
 
 def convert_cli(args: dict[str, Any]) -> Path:

@@ -167,6 +167,16 @@ def _atomic_write(path: Path, write) -> Path:
     return path
 
 
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``).
+
+    Examples:
+        >>> atomic_torch_save({"a": torch.zeros(1)}, "ckpt.pt")  # doctest: +SKIP
+        PosixPath('ckpt.pt')
+    """
+    return _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
 def _layout(emb: np.ndarray, k: int, g: int) -> np.ndarray:
     """``(K * G, D)`` -> ``(K, D)`` when G == 1, else ``(K, G, D)`` (the file layout)."""
     d = emb.shape[-1]

@@ -41,8 +41,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-import os
-import tempfile
 from collections import defaultdict
 from copy import deepcopy
 from pathlib import Path
@@ -61,7 +59,14 @@ from yw_ext.engine.dataset import class_texts, display_names
 from yw_ext.engine.grounding import is_mixed
 from yw_ext.engine.trainer import YWTrainer, class_criterion, set_ema_vocabulary
 from yw_ext.nn.model import YWDetectionModel
-from yw_ext.prompts import PromptEmbeddings, apply_prompts, detector_hash, read_prompt_file, write_prompt_file
+from yw_ext.prompts import (
+    PromptEmbeddings,
+    apply_prompts,
+    atomic_torch_save,
+    detector_hash,
+    read_prompt_file,
+    write_prompt_file,
+)
 from yw_ext.vocab import check_embeddings, pad_prompts
 
 INITS = ("text", "image", "vocabulary", "random")
@@ -581,14 +586,7 @@ class YWPromptTrainer(YWTrainer):
         path = self.wdir / "detector.pt"
         ckpt = {"model": det, "train_args": {}, "date": datetime.datetime.now().isoformat(),
                 "note": "frozen detector of a yw_ext prompt-tuning run (float32)"}  # fmt: skip
-        fd, tmp = tempfile.mkstemp(prefix=".detector.pt.", suffix=".tmp", dir=self.wdir)
-        os.close(fd)
-        try:
-            torch.save(ckpt, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_torch_save(ckpt, path)
         self.detector_path = str(path.resolve())
         self._detector_written = True
 
