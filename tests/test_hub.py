@@ -264,7 +264,7 @@ def test_offline_error_names_file_url_and_folder(wdir, monkeypatch, var):
 
 
 def test_offline_ultralytics_asset_not_downloaded(wdir, monkeypatch):
-    import ultralytics.utils.downloads as ud
+    import yw_ext.seam as ud  # hub calls attempt_download_asset through the seam
 
     monkeypatch.setenv("YOLO_OFFLINE", "true")
     monkeypatch.setattr(ud, "attempt_download_asset", lambda *a, **k: pytest.fail("download attempted offline"))
@@ -275,7 +275,7 @@ def test_offline_ultralytics_asset_not_downloaded(wdir, monkeypatch):
 
 
 def test_ultralytics_asset_goes_through_attempt_download_asset(wdir, monkeypatch):
-    import ultralytics.utils.downloads as ud
+    import yw_ext.seam as ud  # hub calls attempt_download_asset through the seam
 
     calls = []
 

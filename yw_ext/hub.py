@@ -7,13 +7,16 @@ The table below lists every pretrained file the package knows about:
   px; COCO fine-tuned), hosted on Hugging Face. Each file name ends in the first 8 hex digits of the file's SHA-256
   (MMEngine's publish convention), which is verified after download.
 - ``ultralytics``: Ultralytics' migrated ``yolov8{s,m,l,x}-world.pt`` (v1) and ``yolov8{s,m,l,x}-worldv2.pt`` (v2),
-  fetched through ``ultralytics.utils.downloads.attempt_download_asset`` (no URL is hard-coded here).
+  fetched through Ultralytics' ``attempt_download_asset`` (from ``yw_ext.seam``; no URL is hard-coded here).
 - ``clip``: the OpenAI CLIP ``ViT-B-32.pt`` file, whose full SHA-256 is part of its URL and is verified.
 
 Files are looked for in the current directory and in :func:`weights_dir` (``$YW_WEIGHTS_DIR``, else
 ``$XDG_CACHE_HOME/yw_ext/weights``); a file found there is used as is, without any network access and without
 re-hashing it (use :func:`verify_file` for that). Downloads go to a temporary file next to the destination and are
 moved into place only once complete and verified, so a failed or interrupted download never leaves a file behind.
+
+The module imports neither torch nor Ultralytics: the few Ultralytics names it needs (``attempt_download_asset``,
+``SETTINGS``, ``TQDM``, ``GITHUB_ASSETS_REPO``) come from ``yw_ext.seam``, imported inside the functions that use them.
 
 Environment:
     YW_WEIGHTS_DIR: folder where weights are looked for and downloaded to.
@@ -390,12 +393,10 @@ def _ultralytics_url(name: str) -> str:
     """The GitHub release URL that ``attempt_download_asset`` fetches for an Ultralytics asset."""
     repo, release = "ultralytics/assets", "latest"
     try:
-        import inspect
-
-        from ultralytics.utils.downloads import GITHUB_ASSETS_REPO, attempt_download_asset
+        from yw_ext.seam import GITHUB_ASSETS_REPO, default_asset_release
 
         repo = GITHUB_ASSETS_REPO
-        release = inspect.signature(attempt_download_asset).parameters["release"].default
+        release = default_asset_release()
     except Exception:  # pragma: no cover - ultralytics missing or changed
         pass
     return f"https://github.com/{repo}/releases/download/{release}/{name}"
@@ -404,7 +405,7 @@ def _ultralytics_url(name: str) -> str:
 def _ultralytics_weights_dir() -> Path | None:
     """Ultralytics' own weights folder (``SETTINGS["weights_dir"]``), where its users may already have the file."""
     try:
-        from ultralytics.utils import SETTINGS
+        from yw_ext.seam import SETTINGS
 
         return Path(SETTINGS["weights_dir"])
     except Exception:  # pragma: no cover
@@ -474,7 +475,7 @@ def _progress_bar(total: int | None, desc: str, enabled: bool):
     if not enabled:
         return _NullBar()
     try:
-        from ultralytics.utils import TQDM
+        from yw_ext.seam import TQDM
     except Exception:  # pragma: no cover - progress is cosmetic
         return _NullBar()
     return TQDM(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
@@ -722,7 +723,7 @@ def get_weights(name: str | Path, *, url: str | None = None, progress: bool = Tr
             raise WeightsNotFoundError(_missing_message(file_name, source_url, _OFFLINE_REASON))
         reason = "the download did not produce the file"
         try:
-            from ultralytics.utils.downloads import attempt_download_asset
+            from yw_ext.seam import attempt_download_asset
 
             path = Path(attempt_download_asset(str(dest), progress=progress))
             if path.is_file():

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from ultralytics.engine.model import Model
-from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER, RANK
 
+from yw_ext.core.io import atomic_path
 from yw_ext.engine.predictor import YWPredictor
 from yw_ext.engine.trainer import YWTrainer
 from yw_ext.engine.validator import YWValidator
 from yw_ext.nn.build import load_model_cfg
 from yw_ext.nn.model import YWDetectionModel
+from yw_ext.seam import DEFAULT_CFG_DICT, LOGGER, RANK, Model, check_det_dataset, check_is_pytorch_model, reset_ckpt_args
 
 _EXPORTED = {".onnx", ".engine", ".torchscript", ".xml", ".mlpackage", ".tflite", ".pb"}
 
@@ -28,7 +26,7 @@ def resolve_source(model: str | Path) -> str:
     exported model (``.onnx``, ``.engine``...).
 
     An official MMYOLO ``.pth`` (a local path, or a known official file name / alias fetched by the hub) is returned
-    as is: ``YOLOWorld._load`` converts it (``yw_ext.convert.load_official``).
+    as is: ``YOLOWorld._load`` converts it (``yw_ext.checkpoints.load_official``).
 
     Raises:
         yw_ext.hub.WeightsNotFoundError: a known file that is not local and cannot be downloaded.
@@ -104,13 +102,13 @@ class YOLOWorld(Model):
 
         Exported formats go to Ultralytics.
         """
-        from yw_ext.convert import load_official, load_pt
+        from yw_ext.checkpoints import load_official, load_pt
 
         suffix = Path(weights).suffix.lower()
         if suffix in {".pt", ".pth"}:
             self.model, self.ckpt = (load_pt if suffix == ".pt" else load_official)(weights)
             self.task = "detect"
-            self.overrides = self.model.args = self._reset_ckpt_args(getattr(self.model, "args", {}) or {})
+            self.overrides = self.model.args = reset_ckpt_args(getattr(self.model, "args", {}) or {})
             self.ckpt_path = getattr(self.model, "pt_path", weights)
             self.model.task = "detect"
         else:
@@ -170,7 +168,7 @@ class YOLOWorld(Model):
             >>> model.set_classes(["dog"], images=images)  # doctest: +SKIP
             >>> model.set_classes(["dog"], images={"dog": "dog1.jpg"}, use_text=False)  # doctest: +SKIP
         """
-        self._check_is_pytorch_model()
+        check_is_pytorch_model(self)
         if not isinstance(self.model, torch.nn.Module):
             raise TypeError("set_classes needs a PyTorch model; load the .pt file first.")
         if images is not None or not use_text:
@@ -181,29 +179,14 @@ class YOLOWorld(Model):
         self.predictor = None  # the next predict builds a predictor with the new names
         return self
 
-    _VOCAB_ATTRS = (
-        "txt_feats", "prompts_per_class", "class_prompts", "text_encoder_id", "names", "vocab_set", "class_sources",
-        "image_encoder_id",
-    )
-
     def _save_vocabulary(self) -> dict:
         """Snapshot of the model's vocabulary (and the predictor built for it), for ``_restore_vocabulary``."""
-        m = self.model
-        state = {k: getattr(m, k) for k in self._VOCAB_ATTRS if hasattr(m, k)}
-        state["names"] = dict(m.names)
-        state["_head_nc"] = getattr(m.model[-1], "nc", None)
-        state["_predictor"] = self.predictor
-        return state
+        return {"model": self.model.snapshot_vocabulary(), "predictor": self.predictor}
 
     def _restore_vocabulary(self, state: dict) -> None:
         """Put back a vocabulary saved by ``_save_vocabulary``."""
-        m = self.model
-        for k in self._VOCAB_ATTRS:
-            if k in state:
-                setattr(m, k, state[k])
-        if state["_head_nc"] is not None:
-            m.model[-1].nc = state["_head_nc"]
-        self.predictor = state["_predictor"]
+        self.model.restore_vocabulary(state["model"])
+        self.predictor = state["predictor"]
 
     def predict(
         self,
@@ -249,7 +232,7 @@ class YOLOWorld(Model):
         if not isinstance(image_prompts, dict) or not image_prompts:
             raise ValueError("image_prompts must be a non-empty dict {class_name: exemplar or [exemplars]}.")
         encoder = kwargs.pop("encoder", None)
-        self._check_is_pytorch_model()
+        check_is_pytorch_model(self)
         saved = self._save_vocabulary()
         try:
             self.set_classes(list(image_prompts), images=image_prompts, alpha=alpha, margin=margin,
@@ -309,7 +292,7 @@ class YOLOWorld(Model):
             >>> model.set_classes(["person", "bus"], embeddings=torch.randn(2, 512))
             >>> model.reparameterize()  # doctest: +SKIP
         """
-        self._check_is_pytorch_model()
+        check_is_pytorch_model(self)
         self.model.reparameterize(partial_v1=partial_v1)
         self.predictor = None
         return self
@@ -337,7 +320,7 @@ class YOLOWorld(Model):
         """
         from yw_ext.prompts import save_model_prompts
 
-        self._check_is_pytorch_model()
+        check_is_pytorch_model(self)
         return save_model_prompts(self.model, path)
 
     def load_prompts(self, path: str | Path, names: list[str] | None = None) -> YOLOWorld:
@@ -365,7 +348,7 @@ class YOLOWorld(Model):
         """
         from yw_ext.prompts import apply_prompts
 
-        self._check_is_pytorch_model()
+        check_is_pytorch_model(self)
         apply_prompts(self.model, path, names=names)
         self.predictor = None  # the next predict builds a predictor with the new names
         return self
@@ -390,7 +373,7 @@ class YOLOWorld(Model):
         from yw_ext.image_adapter import install_adapter
         from yw_ext.prompts import detector_hash
 
-        self._check_is_pytorch_model()
+        check_is_pytorch_model(self)
         state = install_adapter(self.model, path)
         if state and state.get("detector_sha256") and state["detector_sha256"] != detector_hash(self.model):
             LOGGER.warning(f"the image adapter {path} was trained with another detector "
@@ -496,12 +479,10 @@ class YOLOWorld(Model):
 
     def _val_image_prompts(self, validator: Any, n: int, encoder: Any = None, seed: int = 0, **kwargs: Any):
         """``val(image_prompts=n)``: the dataset's classes from training crops (then the old vocabulary is restored)."""
-        from ultralytics.data.utils import check_det_dataset
-
         from yw_ext.engine.dataset import check_dataset_available, class_texts, display_names
         from yw_ext.engine.image_prompt_trainer import image_prompt_val_exemplars
 
-        self._check_is_pytorch_model()
+        check_is_pytorch_model(self)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"image_prompts (exemplar boxes per class) must be a positive integer, got {n!r}.")
         if getattr(self.model, "folded", False):
@@ -533,13 +514,5 @@ class YOLOWorld(Model):
         Examples:
             >>> YOLOWorld("yw-v2-n.yaml").save("n.pt")  # doctest: +SKIP
         """
-        filename = Path(filename)
-        filename.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{filename.name}.", suffix=".tmp", dir=filename.parent)
-        os.close(fd)
-        try:
+        with atomic_path(filename) as tmp:
             super().save(tmp)
-            os.replace(tmp, filename)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)

@@ -24,7 +24,7 @@ without pickle), written atomically (temporary file, then ``os.replace``). Entri
 ========================  ======================================================================================
 
 Only ``format``, ``names`` and ``embeddings`` are required; files written by the demo load too. Loading a file
-installs ``embeddings`` as the model's vocabulary through ``YWDetectionModel.set_vocabulary``, so predict, val,
+installs ``embeddings`` as the model's ``Vocabulary`` (``YWDetectionModel.install_vocabulary``), so predict, val,
 ``reparameterize()`` and export see it like any other vocabulary.
 
 Examples:
@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +47,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from yw_ext.core.classes import split_class_string
+from yw_ext.core.io import atomic_write
+from yw_ext.core.log import LOGGER
 from yw_ext.nn.adapter import ADAPTER_KEYS, ResidualAdapter, adapter_state, load_adapter_state
+from yw_ext.vocab import Vocabulary
 
 PROMPT_FORMAT = "yw_ext.prompts/1"
 """Value of the ``format`` entry of prompt files."""
@@ -152,21 +154,6 @@ def detector_hash(model: nn.Module, skip_prefixes: tuple[str, ...] = ("prompt.",
 # ----------------------------------------------------------------------------------------------------------------------
 # Writing and reading
 # ----------------------------------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> Path:
-    """Call ``write(binary_file)`` on a temporary file next to ``path``, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``).
 
@@ -174,7 +161,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
         >>> atomic_torch_save({"a": torch.zeros(1)}, "ckpt.pt")  # doctest: +SKIP
         PosixPath('ckpt.pt')
     """
-    return _atomic_write(Path(path), lambda f: torch.save(obj, f))
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _layout(emb: np.ndarray, k: int, g: int) -> np.ndarray:
@@ -262,7 +249,7 @@ def write_prompt_file(
         if missing or raw_embeddings is None:
             raise PromptFileError(f"an adapter needs raw_embeddings and {ADAPTER_KEYS} (missing {missing}).")
         arrays.update({a: np.asarray(adapter[a], dtype=np.float32) for a in ADAPTER_KEYS})
-    return _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def read_prompt_file(path: str | Path) -> dict[str, Any]:
@@ -384,7 +371,7 @@ def save_model_prompts(model: nn.Module, path: str | Path, detector: str | None 
     """Write a ``YWDetectionModel``'s current vocabulary as a prompt file.
 
     When the vocabulary is the one prompt tuning produced or ``load_prompts`` installed (the model's
-    ``prompt_state`` matches its current embeddings), the raw embeddings, adapter weights and detector reference are
+    ``Vocabulary.tuning`` is set), the raw embeddings, adapter weights and detector reference are
     written too.
 
     Raises:
@@ -400,19 +387,17 @@ def save_model_prompts(model: nn.Module, path: str | Path, detector: str | None 
     if getattr(model, "folded", False):
         raise ValueError("this model is re-parameterised: its vocabulary is folded into its weights and no embeddings "
                          "are left to save. Save the prompts from the unfolded model (before reparameterize()).")
-    if not getattr(model, "vocab_set", False):
+    v = getattr(model, "vocab", None)
+    if v is None:
         raise ValueError("the model has no vocabulary yet: set classes first (set_classes([...]) or load_prompts).")
-    names = [str(n) for n in dict(model.names).values()]
-    g = int(getattr(model, "prompts_per_class", 1))
-    emb = model.txt_feats.detach().float().cpu()[0]  # (K * G, D)
-    extra = prompt_state_of(model) or {}
+    extra = v.tuning or {}
     meta = dict(extra.get("meta") or {})
     return write_prompt_file(
-        path, names, emb, g,
-        class_prompts=getattr(model, "class_prompts", None),
-        class_sources=getattr(model, "class_sources", None),
-        text_encoder_id=getattr(model, "text_encoder_id", None),
-        image_encoder_id=getattr(model, "image_encoder_id", None),
+        path, [str(n) for n in dict(model.names).values()], v.embeddings, v.prompts_per_class,
+        class_prompts=v.class_prompts,
+        class_sources=list(v.sources),
+        text_encoder_id=v.text_encoder_id,
+        image_encoder_id=v.image_encoder_id,
         raw_embeddings=extra.get("raw_embeddings"),
         adapter=extra.get("adapter"),
         detector=detector or extra.get("detector"),
@@ -429,18 +414,13 @@ def prompt_state_of(model: nn.Module) -> dict | None:
         >>> prompt_state_of(YWDetectionModel("yw-v2-n.yaml", verbose=False)) is None
         True
     """
-    state = getattr(model, "prompt_state", None)
-    if not state or not getattr(model, "vocab_set", False):
-        return None
-    current = model.txt_feats.detach().float().cpu()[0]
-    if state.get("embeddings") is None or not torch.equal(state["embeddings"], current):
-        return None  # the vocabulary was changed since (set_classes): these extras describe another one
-    return state
+    v = getattr(model, "vocab", None)
+    return v.tuning if v is not None else None  # tied to the installed vocabulary: a new one has no extras
 
 
 def apply_prompts(model: nn.Module, prompts: str | Path | dict, names: list[str] | None = None,
                   check_detector: bool = True) -> dict:
-    """Install a prompt file's embeddings as a ``YWDetectionModel``'s vocabulary (through ``set_vocabulary``).
+    """Install a prompt file's embeddings as a ``YWDetectionModel``'s vocabulary (``install_vocabulary``).
 
     Args:
         model: The detector.
@@ -462,8 +442,6 @@ def apply_prompts(model: nn.Module, prompts: str | Path | dict, names: list[str]
         >>> m.names  # doctest: +SKIP
         {0: 'person', 1: 'bus'}
     """
-    from ultralytics.utils import LOGGER
-
     p = read_prompt_file(prompts) if not isinstance(prompts, dict) else prompts
     where = f"'{prompts}'" if not isinstance(prompts, dict) else "the prompt file"
     dim = int(getattr(model, "embed_dim", p["dim"]))
@@ -492,16 +470,9 @@ def apply_prompts(model: nn.Module, prompts: str | Path | dict, names: list[str]
     from yw_ext.vocab import check_embeddings
 
     emb, _ = check_embeddings(emb.view(k, g, dim), k, dim)  # the usual vocabulary checks (all-zero rows, prompt count)
-    model.set_vocabulary(use_names, emb, g, p["class_prompts"], p["text_encoder_id"], p["class_sources"],
-                         p["image_encoder_id"])
-    model.prompt_state = {
-        "embeddings": model.txt_feats.detach().float().cpu()[0].clone(),
-        "raw_embeddings": p["raw_embeddings"],
-        "adapter": p["adapter"],
-        "detector": p["detector"],
-        "detector_sha256": p["detector_sha256"],
-        "meta": p["meta"],
-    }
+    tuning = {k: p[k] for k in ("raw_embeddings", "adapter", "detector", "detector_sha256", "meta")}
+    model.install_vocabulary(Vocabulary(use_names, emb, g, p["class_prompts"], p["class_sources"], p["text_encoder_id"],
+                                        p["image_encoder_id"], tuning))
     if check_detector and p["detector_sha256"]:
         own = detector_hash(model)
         if own != p["detector_sha256"]:
@@ -545,7 +516,7 @@ def parse_texts(texts: str | list | None = None, json_file: str | Path | None = 
     elif isinstance(texts, (list, tuple)):
         groups = [[g] if isinstance(g, str) else list(g) for g in texts]
     else:
-        groups = [part.split("|") for part in str(texts).split(",")]
+        groups = split_class_string(texts)
     out = []
     for i, g in enumerate(groups):
         if not isinstance(g, list) or not all(isinstance(t, str) for t in g):
@@ -594,7 +565,7 @@ def embed_texts(texts: str | list | None = None, out: str | Path = "vocab.npz", 
     out = Path(out)
     if out.suffix.lower() == ".npy":
         arr = _layout(emb.numpy(), len(names), g)  # (K, D) or (K, G, D)
-        return _atomic_write(out, lambda f: np.save(f, arr))
+        return atomic_write(out, lambda f: np.save(f, arr))
     return write_prompt_file(out, names, emb, g, class_prompts=prompts, class_sources=["text"] * len(names),
                              text_encoder_id=enc.identity, meta={"made_by": "yw embed"})
 

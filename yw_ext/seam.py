@@ -55,6 +55,8 @@ from ultralytics.utils import (
 )
 from ultralytics.utils.checks import check_yaml
 from ultralytics.utils.downloads import GITHUB_ASSETS_REPO, attempt_download_asset
+from ultralytics.utils.export.engine import best_onnx_opset, modelopt_quantize_onnx, torch2onnx
+from ultralytics.utils.export.onnx import onnx_calibration_reader, onnx_int8_quantize
 from ultralytics.utils.torch_utils import ModelEMA, get_flops, select_device, unwrap_model
 
 ULTRALYTICS_VERSION = ultralytics.__version__

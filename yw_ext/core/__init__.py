@@ -17,12 +17,13 @@ Examples:
 
 from yw_ext.core.classes import MAX_PROMPTS, names_dict, pad_prompts, parse_class_string, parse_classes
 from yw_ext.core.embeddings import check_embedding_array
-from yw_ext.core.io import atomic_write, load_npz, save_npz
+from yw_ext.core.io import atomic_path, atomic_write, load_npz, save_npz
 from yw_ext.core.log import LOGGER
 
 __all__ = [
     "LOGGER",
     "MAX_PROMPTS",
+    "atomic_path",
     "atomic_write",
     "check_embedding_array",
     "load_npz",

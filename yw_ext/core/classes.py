@@ -23,6 +23,16 @@ attention tensor dominates memory. The model's limit is ``yw_ext.vocab.MAX_PROMP
 """
 
 
+def split_class_string(text: str | None) -> list[list[str]]:
+    """Split ``"person, car|automobile"`` into stripped synonym groups, keeping empty items for the caller to judge.
+
+    Examples:
+        >>> split_class_string("person, car| automobile,,")
+        [['person'], ['car', 'automobile'], [], []]
+    """
+    return [[s.strip() for s in part.split("|") if s.strip()] for part in str(text or "").split(",")]
+
+
 def parse_class_string(text: str | None) -> list[Any]:
     """The command-line / text-box form ``"person, car|automobile"`` -> ``["person", ["car", "automobile"]]``.
 
@@ -32,12 +42,7 @@ def parse_class_string(text: str | None) -> list[Any]:
         >>> parse_class_string("person, car|automobile,")
         ['person', ['car', 'automobile']]
     """
-    out: list[Any] = []
-    for part in str(text or "").split(","):
-        syn = [s.strip() for s in part.split("|") if s.strip()]
-        if syn:
-            out.append(syn[0] if len(syn) == 1 else syn)
-    return out
+    return [syn[0] if len(syn) == 1 else syn for syn in split_class_string(text) if syn]
 
 
 def parse_classes(classes: Any) -> tuple[list[str], list[list[str]]]:
@@ -132,4 +137,4 @@ def names_dict(names: Sequence[str]) -> dict[int, str]:
     return dict(enumerate(names))
 
 
-__all__ = ["MAX_PROMPTS", "names_dict", "pad_prompts", "parse_class_string", "parse_classes"]
+__all__ = ["MAX_PROMPTS", "names_dict", "pad_prompts", "parse_class_string", "parse_classes", "split_class_string"]

@@ -47,8 +47,8 @@ def check_width(width: int, dim: int | None) -> None:
     """
     if dim is not None and width != dim:
         raise ValueError(
-            f"embedding width {width} != the model's {dim} (width {width} does not match: use the CLIP the model was "
-            f"trained with; CLIP ViT-B/32 gives 512, ViT-L/14 gives 768)."
+            f"embedding width {width} != the model's {dim}: width {width} does not match its text-embedding width "
+            f"{dim} (use the CLIP the model was trained with; CLIP ViT-B/32 gives 512, ViT-L/14 gives 768)."
         )
 
 

@@ -10,18 +10,44 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is ``os.replace``-d onto ``path``, on error removed.
+
+    For writers that take a path, not a file object (``torch.save`` to a name, Ultralytics' ``Model.save``). The
+    temporary file gets the permissions a plain ``open`` would give (umask applied), not ``mkstemp``'s 0600.
+
+    Examples:
+        >>> with atomic_path("/tmp/yw_core_doctest.bin") as tmp:
+        ...     _ = tmp.write_bytes(b"x")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Call ``write(f)`` on a temporary file next to ``path``, then ``os.replace`` it into place.
 
-    The temporary file gets the permissions a plain ``open`` would give (umask applied), not ``mkstemp``'s 0600.
     On any error the temporary file is removed and ``path`` is left as it was.
 
     Args:
@@ -38,21 +64,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        kw = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
-        with os.fdopen(fd, mode, **kw) as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    kw = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
+    with atomic_path(path) as tmp, open(tmp, mode, **kw) as f:
+        write(f)
+    return Path(path)
 
 
 def save_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:
@@ -82,4 +97,4 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-__all__ = ["atomic_write", "load_npz", "save_npz"]
+__all__ = ["atomic_path", "atomic_write", "load_npz", "save_npz"]

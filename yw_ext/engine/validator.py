@@ -14,9 +14,8 @@ Examples:
 from __future__ import annotations
 
 import torch
-from ultralytics.data.utils import check_det_dataset
-from ultralytics.models.yolo.detect import DetectionValidator
-from ultralytics.utils.torch_utils import select_device
+
+from yw_ext.seam import DetectionValidator, check_det_dataset, select_device
 
 
 class YWValidator(DetectionValidator):
@@ -36,7 +35,7 @@ class YWValidator(DetectionValidator):
 
         self.args.data = val_data(self.args.data)
         check_dataset_available(self.args.data, splits=(self.args.split or "val",))
-        if not isinstance(model, torch.nn.Module) or not hasattr(model, "set_vocabulary"):
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "install_vocabulary"):
             return super().__call__(trainer, model)  # a checkpoint path or exported model: its own vocabulary
         if getattr(model, "folded", False):  # re-parameterised: the vocabulary is in the weights
             return super().__call__(trainer, model)
@@ -45,14 +44,13 @@ class YWValidator(DetectionValidator):
         names, prompts = display_names(data), class_texts(data)
         if list(model.names.values()) == names and (model.class_prompts or [[n] for n in names]) == prompts:
             return super().__call__(trainer, model)
-        state = (list(model.names.values()), model.txt_feats, model.prompts_per_class, model.class_prompts,
-                 model.text_encoder_id, getattr(model, "class_sources", None), getattr(model, "image_encoder_id", None))
-        from yw_ext.vocab import pad_prompts
+        from yw_ext.vocab import Vocabulary, pad_prompts
 
         flat, g = pad_prompts(prompts)
         emb, encoder_id = model.encode_text(flat)
-        model.set_vocabulary(names, emb, g, prompts, encoder_id)
+        snap = model.snapshot_vocabulary()
+        model.install_vocabulary(Vocabulary(names, emb, g, prompts, None, encoder_id))
         try:
             return super().__call__(trainer, model)
         finally:
-            model.set_vocabulary(*state[:1], state[1][0], *state[2:])
+            model.restore_vocabulary(snap)

@@ -38,6 +38,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from yw_ext.core.log import LOGGER  # Ultralytics' logger (the same object), looked up without importing it
+
 YW_EXPORT_KEYS = ("dynamic_vocab", "default_vocab", "max_prompts", "trt_nms", "out", "prompts", "calib_images", "chunk")
 FORMAT_ALIASES = {"tensorrt": "engine", "trt": "engine", "ov": "openvino"}
 
@@ -62,7 +64,7 @@ def precision(kwargs: dict) -> int | str | None:
 
 
 def _is_v1(model) -> bool:
-    from ultralytics.nn.modules import ImagePoolingAttn
+    from yw_ext.seam import ImagePoolingAttn
 
     return any(isinstance(m, ImagePoolingAttn) for m in model.modules())
 
@@ -75,7 +77,7 @@ def default_destination(model, fmt: str, dynamic_vocab: bool, quantize: Any = No
         >>> default_destination(M(), "onnx", True).as_posix()
         'runs/w/best_dynvocab.onnx'
     """
-    from ultralytics.engine.exporter import export_formats
+    from yw_ext.seam import export_formats
 
     src = Path(getattr(model, "pt_path", None) or getattr(model, "yaml_file", None)
                or (getattr(model, "yaml", None) or {}).get("yaml_file", "") or "yw_ext.pt")
@@ -86,8 +88,12 @@ def default_destination(model, fmt: str, dynamic_vocab: bool, quantize: Any = No
     return src.with_name(stem + suffix)
 
 
-def _move_into_place(src: Path, dst: Path) -> None:
-    """``os.replace`` a finished file or folder onto ``dst`` (a folder replaces an existing folder)."""
+def move_into_place(src: Path, dst: Path) -> None:
+    """``os.replace`` a finished file or folder from a ``Staging`` folder onto ``dst`` (a folder replaces a folder).
+
+    Single files written by yw_ext itself go through ``yw_ext.core.io.atomic_write``; this moves what a writer that
+    takes only a path (Ultralytics' exporter, ``torch.onnx``, TensorRT, OpenVINO) produced in the staging folder.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
     if src.is_dir() and dst.exists():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
@@ -115,8 +121,13 @@ class _PathsInLogs(logging.Filter):
         return True
 
 
-class _Staging:
-    """A temporary folder next to ``dst``; removed on exit, with everything in it (including on errors)."""
+class Staging:
+    """A temporary folder next to ``dst``; removed on exit, with everything in it (including on errors).
+
+    For writers that take a path and may write several files (Ultralytics' exporter writes a ``.pt`` copy, the ONNX,
+    OpenVINO folders, ...); the finished artifact is moved onto ``dst`` with ``move_into_place``. Export messages
+    show the destination folder instead of the staging folder.
+    """
 
     def __init__(self, dst: Path):
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -124,15 +135,11 @@ class _Staging:
         self.dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
 
     def __enter__(self) -> Path:
-        from ultralytics.utils import LOGGER
-
         self.filter = _PathsInLogs(self.dir, self.dst_dir)
         LOGGER.addFilter(self.filter)
         return self.dir
 
     def __exit__(self, *exc) -> None:
-        from ultralytics.utils import LOGGER
-
         LOGGER.removeFilter(self.filter)
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -154,15 +161,13 @@ def export_model(yolo, **kwargs: Any) -> str:
         >>> export_model(model, format="engine", dynamic_vocab=True, prompts=(1, 80, 1203), quantize=16)  # doctest: +SKIP
         'yw-v2-n_dynvocab.engine'
     """
-    from ultralytics.utils import DEFAULT_CFG_DICT
-
-    from yw_ext import vocab
+    from yw_ext import seam, vocab
     from yw_ext.export.onnx import ExportOptions, YWExporter
     from yw_ext.nn.rep import reparameterize
 
-    yolo._check_is_pytorch_model()
+    seam.check_is_pytorch_model(yolo)
     yw = {k: kwargs.pop(k) for k in YW_EXPORT_KEYS if k in kwargs}
-    fmt = str(kwargs.get("format", DEFAULT_CFG_DICT["format"])).lower()
+    fmt = str(kwargs.get("format", seam.DEFAULT_CFG_DICT["format"])).lower()
     fmt = kwargs["format"] = FORMAT_ALIASES.get(fmt, fmt)
     q = precision(kwargs)
     dynamic_vocab = bool(yw.get("dynamic_vocab", False))
@@ -206,7 +211,7 @@ def export_model(yolo, **kwargs: Any) -> str:
     for k in ("int8", "half"):
         args.pop(k, None)
     args["quantize"] = q
-    with _Staging(dst) as tmp:
+    with Staging(dst) as tmp:
         stem = dst.name[: -len("_openvino_model")] if fmt == "openvino" and dst.name.endswith("_openvino_model") \
             else dst.stem
         model.pt_path = str(tmp / f"{stem}.pt")  # Ultralytics names its outputs after this file
@@ -228,8 +233,8 @@ def export_model(yolo, **kwargs: Any) -> str:
             f = YWExporter(overrides=args, _callbacks=yolo.callbacks, options=opts)(model=model)
         if not f:
             raise RuntimeError(f"export to {fmt!r} produced nothing.")
-        _move_into_place(Path(f), dst)
+        move_into_place(Path(f), dst)
     return str(dst)
 
 
-__all__ = ["export_model", "precision", "default_destination", "YW_EXPORT_KEYS"]
+__all__ = ["Staging", "YW_EXPORT_KEYS", "default_destination", "export_model", "move_into_place", "precision"]

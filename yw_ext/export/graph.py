@@ -1,9 +1,10 @@
 """Traceable graph pieces for export: the run-time-vocabulary head, batched NMS, and TensorRT's EfficientNMS plugin.
 
-* ``dynamic_vocab_forward`` replaces ``WorldDetect.forward`` on an export copy. Ultralytics' version reshapes with
-  ``self.no = nc + 4 * reg_max``, a Python int, so a traced graph would keep the vocabulary size K it was traced
-  with; this one flattens each level and concatenates boxes and scores separately (the same numbers), so K stays a
-  graph dimension. The neck (``MaxSigmoidAttnBlock``) and the contrastive heads already use shape-derived reshapes.
+* ``DynamicVocabDetect`` takes the place of each ``WorldDetect`` in an export copy (``make_vocab_dynamic``).
+  Ultralytics' forward reshapes with ``self.no = nc + 4 * reg_max``, a Python int, so a traced graph would keep the
+  vocabulary size K it was traced with; this subclass's forward flattens each level and concatenates boxes and scores
+  separately (the same numbers), so K stays a graph dimension. The neck (``MaxSigmoidAttnBlock``) and the contrastive
+  heads already use shape-derived reshapes.
 * ``BatchedNMS``: ``(B, 4 + K, A)`` decoded xyxy boxes and scores -> ``(B, max_det, 6)`` rows ``[x1, y1, x2, y2,
   score, class]``, zero-padded, by decreasing score. It does what Ultralytics' ``non_max_suppression`` does for
   ``predict`` (best class per box, ``score > conf``, class-aware NMS through a ``7680 * class`` box offset, IoU
@@ -22,43 +23,63 @@ Examples:
 
 from __future__ import annotations
 
-import types
-
 import torch
 import torch.nn as nn
 from torchvision.ops import nms as _tv_nms  # imported here: importing torchvision while tracing fails
-from ultralytics.nn.modules import WorldDetect
+
+from yw_ext.seam import ImagePoolingAttn, WorldDetect, detect_inference
 
 MAX_WH = 7680  # Ultralytics' class offset for class-aware NMS (ultralytics.utils.nms.non_max_suppression)
 
 
-def dynamic_vocab_forward(self: WorldDetect, x: list[torch.Tensor], text: torch.Tensor):
-    """``WorldDetect.forward`` without the vocabulary size baked into reshapes (see module notes).
+class DynamicVocabDetect(WorldDetect):
+    """``WorldDetect`` whose forward keeps the prompt count K a graph dimension (export copies only; module notes).
 
-    Args:
-        x: Feature maps per level, ``(B, C_i, H_i, W_i)``.
-        text: Prompt embeddings ``(B, P, D)``.
-
-    Returns:
-        Decoded ``(B, 4 + P, A)`` in export mode, else ``(y, preds)`` as ``WorldDetect``.
+    Built from a live head by ``from_head``, which shares that head's submodules, parameters, buffers and settings
+    (the export flags Ultralytics' exporter set, anchors, strides): the numbers are the head's, only the reshapes of
+    ``forward`` differ.
     """
-    feats = list(x)
-    boxes = torch.cat([self.cv2[i](x[i]).flatten(2) for i in range(self.nl)], 2)  # (B, 4 * reg_max, A)
-    scores = torch.cat([self.cv4[i](self.cv3[i](x[i]), text).flatten(2) for i in range(self.nl)], 2)  # (B, P, A)
-    preds = {"boxes": boxes, "scores": scores, "feats": feats}
-    if self.training:
-        return preds
-    y = self._inference(preds)  # (B, 4 + P, A)
-    return y if self.export else (y, preds)
+
+    @classmethod
+    def from_head(cls, head: WorldDetect) -> DynamicVocabDetect:
+        """A ``DynamicVocabDetect`` with the state of ``head`` (no copy: use it in place of ``head``)."""
+        new = cls.__new__(cls)
+        new.__dict__.update(head.__dict__)  # nn.Module keeps parameters, buffers and children in its __dict__
+        return new
+
+    def forward(self, x: list[torch.Tensor], text: torch.Tensor):
+        """``WorldDetect.forward`` without the vocabulary size baked into reshapes.
+
+        Args:
+            x: Feature maps per level, ``(B, C_i, H_i, W_i)``.
+            text: Prompt embeddings ``(B, P, D)``.
+
+        Returns:
+            Decoded ``(B, 4 + P, A)`` in export mode, else ``(y, preds)`` as ``WorldDetect``.
+        """
+        feats = list(x)
+        boxes = torch.cat([self.cv2[i](x[i]).flatten(2) for i in range(self.nl)], 2)  # (B, 4 * reg_max, A)
+        scores = torch.cat([self.cv4[i](self.cv3[i](x[i]), text).flatten(2) for i in range(self.nl)], 2)  # (B, P, A)
+        preds = {"boxes": boxes, "scores": scores, "feats": feats}
+        if self.training:
+            return preds
+        y = detect_inference(self, preds)  # (B, 4 + P, A)
+        return y if self.export else (y, preds)
 
 
 def make_vocab_dynamic(model: nn.Module) -> nn.Module:
-    """Give every ``WorldDetect`` of ``model`` (an export copy) the K-agnostic forward, in place."""
-    heads = [m for m in model.modules() if isinstance(m, WorldDetect)]
-    if not heads:
+    """Put a ``DynamicVocabDetect`` in place of every ``WorldDetect`` of ``model`` (an export copy), in place.
+
+    Raises:
+        TypeError: ``model`` has no ``WorldDetect`` (a folded model has no text path).
+    """
+    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if isinstance(child, WorldDetect)]
+    if not swaps:
         raise TypeError("dynamic_vocab needs a model with a text path (a WorldDetect head); this one is folded.")
-    for m in heads:
-        m.forward = types.MethodType(dynamic_vocab_forward, m)
+    for parent, name, child in swaps:
+        if not isinstance(child, DynamicVocabDetect):
+            setattr(parent, name, DynamicVocabDetect.from_head(child))  # same key, same position in the parent
     return model
 
 
@@ -100,7 +121,7 @@ def make_pooling_exportable(model: nn.Module) -> int:
     """
     n = 0
     for m in model.modules():
-        if type(m).__name__ == "ImagePoolingAttn":
+        if isinstance(m, ImagePoolingAttn):
             for i, p in enumerate(m.im_pools):
                 if isinstance(p, nn.AdaptiveMaxPool2d):
                     m.im_pools[i] = ExplicitAdaptiveMaxPool2d(p.output_size)
@@ -264,5 +285,5 @@ class ExportGraph(nn.Module):
         return self.nms(y) if self.nms is not None else y
 
 
-__all__ = ["BatchedNMS", "EfficientNMS", "ExportGraph", "ExplicitAdaptiveMaxPool2d", "dynamic_vocab_forward",
+__all__ = ["BatchedNMS", "DynamicVocabDetect", "EfficientNMS", "ExportGraph", "ExplicitAdaptiveMaxPool2d",
            "make_pooling_exportable", "make_vocab_dynamic", "MAX_WH"]

@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from ultralytics.engine.exporter import Exporter, try_export
-from ultralytics.utils import LOGGER, colorstr
 
 from yw_ext.export.graph import BatchedNMS, EfficientNMS, ExportGraph, make_pooling_exportable, make_vocab_dynamic
+from yw_ext.export.onnx_io import add_metadata, cap_ir_version, read_metadata, slim
+from yw_ext.seam import LOGGER, Exporter, best_onnx_opset, colorstr, torch2onnx, try_export
 
 MIN_OPSET = 17
 TXT_INPUT = "txt_feats"
@@ -93,41 +93,6 @@ def vocab_metadata(model: torch.nn.Module, opts: ExportOptions) -> dict[str, Any
     return meta
 
 
-def add_metadata(proto, metadata: dict[str, Any]) -> None:
-    """Write ``metadata`` into an ONNX model's ``metadata_props`` as ``str(value)`` (replacing existing keys).
-
-    Examples:
-        >>> import onnx
-        >>> m = onnx.ModelProto()
-        >>> add_metadata(m, {"names": {0: "a"}, "stride": 32})
-        >>> read_metadata(m)
-        {'names': "{0: 'a'}", 'stride': '32'}
-    """
-    keep = [p for p in proto.metadata_props if p.key not in metadata]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    for k, v in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = str(k), str(v)
-
-
-def read_metadata(proto) -> dict[str, str]:
-    """An ONNX model's ``metadata_props`` as a plain dict of strings."""
-    return {p.key: p.value for p in proto.metadata_props}
-
-
-def _slim(proto, prefix: str):
-    """onnxslim the model, keeping the original on failure (as Ultralytics does)."""
-    try:
-        import onnxslim
-
-        LOGGER.info(f"{prefix} slimming with onnxslim {onnxslim.__version__}...")
-        return onnxslim.slim(proto)
-    except Exception as e:  # pragma: no cover - depends on onnxslim
-        LOGGER.warning(f"{prefix} simplifier failure: {e}")
-        return proto
-
-
 def _specialised_dims(proto, dynamic: dict[str, dict[int, str]]) -> list[str]:
     """Dynamic dims of graph inputs / outputs that the simplifier turned into constants (``["txt_feats[0]=2"]``).
 
@@ -165,6 +130,75 @@ def _add_default_input(proto, name: str, value: np.ndarray) -> None:
     proto.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
 
 
+def _make_nms(args: Any, opts: ExportOptions) -> torch.nn.Module | None:
+    """The in-graph NMS ``args.nms`` asks for (``BatchedNMS``, or ``EfficientNMS`` with ``trt_nms="efficient"``)."""
+    if not args.nms:
+        return None
+    if opts.trt_nms not in {"onnx", "efficient"}:
+        raise ValueError(f"trt_nms must be 'onnx' or 'efficient', got {opts.trt_nms!r}.")
+    cls = EfficientNMS if opts.trt_nms == "efficient" else BatchedNMS
+    return cls(conf=0.25 if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
+               agnostic=bool(args.agnostic_nms))
+
+
+def _graph_io(
+    model: torch.nn.Module, im: torch.Tensor, args: Any, opts: ExportOptions, hw_dynamic: bool
+) -> tuple[tuple, list[str], dict[str, dict[int, str]]]:
+    """Example inputs, input names and dynamic axes ``{name: {axis: dim name}}`` of the exported graph."""
+    inputs, names = (im,), ["images"]
+    dynamic: dict[str, dict[int, str]] = {}
+    if args.dynamic:
+        dynamic["images"] = {0: "batch", 2: "height", 3: "width"} if hw_dynamic else {0: "batch"}
+    out_dims = {0: "batch"} if args.dynamic else {}
+    if opts.dynamic_vocab:
+        txt = model.txt_feats.detach().to(im.device, im.dtype)  # (1, P, D): the model's vocabulary as the example
+        inputs, names = (im, txt), ["images", TXT_INPUT]
+        # fixed batch B: (1, P, D), one vocabulary broadcast to the B images in the graph (YWDetectionModel.predict
+        # expands it); a dynamic text batch next to a fixed image batch is unified with B by onnxslim, which then
+        # drops the broadcast (see _specialised_dims)
+        dynamic[TXT_INPUT] = {0: "text_batch", 1: "prompts"} if args.dynamic else {1: "prompts"}
+        if not args.nms:
+            out_dims[1] = "outputs"  # 4 + P
+    if not args.nms and hw_dynamic:
+        out_dims[2] = "anchors"
+    if out_dims:
+        dynamic["output0"] = out_dims
+    return inputs, names, dynamic
+
+
+def _load_simplified(f: str | Path, dynamic: dict[str, dict[int, str]], prefix: str):
+    """The traced file slimmed by onnxslim, or as traced when slimming made a dynamic dim constant."""
+    import onnx
+
+    proto = slim(onnx.load(str(f)), prefix)
+    fixed = _specialised_dims(proto, dynamic)
+    if fixed:
+        LOGGER.warning(f"{prefix} onnxslim made dynamic dims {fixed} constant; keeping the unsimplified graph.")
+        return onnx.load(str(f))
+    _name_dims(proto, dynamic)
+    return proto
+
+
+def _finish(proto, model: torch.nn.Module, args: Any, metadata: dict[str, Any], opts: ExportOptions,
+            hw_dynamic: bool, prefix: str):
+    """Default vocabulary, metadata, IR version and FP16 conversion of the traced (and slimmed) graph."""
+    if opts.dynamic_vocab and opts.default_vocab and getattr(model, "vocab_set", True):
+        _add_default_input(proto, TXT_INPUT, model.txt_feats.detach().float().cpu().numpy())
+    meta = dict(metadata)
+    if args.dynamic and not hw_dynamic:  # predictors must letterbox to the fixed size (Ultralytics reads args.dynamic)
+        meta["args"] = {**meta.get("args", {}), "dynamic": False}
+    meta.update(vocab_metadata(model, opts))
+    meta.update(opts.extra_metadata or {})
+    add_metadata(proto, meta)
+    cap_ir_version(proto)
+    if args.quantize == 16:
+        from onnxruntime.transformers import float16
+
+        LOGGER.info(f"{prefix} converting to FP16...")
+        proto = float16.convert_float_to_float16(proto, keep_io_types=True)
+    return proto
+
+
 def write_onnx(
     model: torch.nn.Module,
     im: torch.Tensor,
@@ -196,76 +230,29 @@ def write_onnx(
     """
     import onnx
 
-    from ultralytics.utils.export.engine import best_onnx_opset, torch2onnx
-
     opset = int(args.opset or max(MIN_OPSET, best_onnx_opset(onnx)))
     if opset < MIN_OPSET:
         raise ValueError(f"yw_ext exports need opset >= {MIN_OPSET}, got opset={opset}.")
-    nms = None
-    if args.nms:
-        if opts.trt_nms not in {"onnx", "efficient"}:
-            raise ValueError(f"trt_nms must be 'onnx' or 'efficient', got {opts.trt_nms!r}.")
-        cls = EfficientNMS if opts.trt_nms == "efficient" else BatchedNMS
-        nms = cls(conf=0.25 if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
-                  agnostic=bool(args.agnostic_nms))
+    nms = _make_nms(args, opts)
     if opts.dynamic_vocab:
         make_vocab_dynamic(model)
     graph = ExportGraph(model, nms=nms, dynamic_vocab=opts.dynamic_vocab).eval()
-    inputs, names = (im,), ["images"]
-    dynamic: dict[str, dict[int, str]] = {}
     # YOLO-World v1's image-pooling attention (adaptive max pooling) exports only for a known image size: the
     # pools become explicit slices (also for a fixed size: the exporter takes only sizes that divide the input's),
     # and only the batch is dynamic
     v1_pools = make_pooling_exportable(model)
     hw_dynamic = bool(args.dynamic) and not v1_pools
-    if args.dynamic:
-        dynamic["images"] = {0: "batch", 2: "height", 3: "width"} if hw_dynamic else {0: "batch"}
-        if not hw_dynamic:
-            LOGGER.info(f"{prefix} YOLO-World v1 (ImagePoolingAttn): dynamic batch, fixed image size {list(im.shape[2:])}")
-    out_dims = {0: "batch"} if args.dynamic else {}
-    if opts.dynamic_vocab:
-        txt = model.txt_feats.detach().to(im.device, im.dtype)  # (1, P, D): the model's vocabulary as the example
-        inputs, names = (im, txt), ["images", TXT_INPUT]
-        # fixed batch B: (1, P, D), one vocabulary broadcast to the B images in the graph (YWDetectionModel.predict
-        # expands it); a dynamic text batch next to a fixed image batch is unified with B by onnxslim, which then
-        # drops the broadcast (see _specialised_dims)
-        dynamic[TXT_INPUT] = {0: "text_batch", 1: "prompts"} if args.dynamic else {1: "prompts"}
-        if not args.nms:
-            out_dims[1] = "outputs"  # 4 + P
-    if not args.nms and hw_dynamic:
-        out_dims[2] = "anchors"
-    if out_dims:
-        dynamic["output0"] = out_dims
+    if args.dynamic and not hw_dynamic:
+        LOGGER.info(f"{prefix} YOLO-World v1 (ImagePoolingAttn): dynamic batch, fixed image size {list(im.shape[2:])}")
+    inputs, names, dynamic = _graph_io(model, im, args, opts, hw_dynamic)
     LOGGER.info(f"\n{prefix} starting export with onnx {onnx.__version__} opset {opset}...")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*aten::index.*")  # our indices are never negative
         torch2onnx(graph, inputs, str(f), opset=opset, input_names=names, output_names=["output0"],
                    dynamic=dynamic or None)
-    proto = onnx.load(str(f))
-    if args.simplify:
-        proto = _slim(proto, prefix)
-        fixed = _specialised_dims(proto, dynamic)
-        if fixed:
-            LOGGER.warning(f"{prefix} onnxslim made dynamic dims {fixed} constant; keeping the unsimplified graph.")
-            proto = onnx.load(str(f))
-        else:
-            _name_dims(proto, dynamic)
-    if opts.dynamic_vocab and opts.default_vocab and getattr(model, "vocab_set", True):
-        _add_default_input(proto, TXT_INPUT, model.txt_feats.detach().float().cpu().numpy())
-    meta = dict(metadata)
-    if args.dynamic and not hw_dynamic:  # predictors must letterbox to the fixed size (Ultralytics reads args.dynamic)
-        meta["args"] = {**meta.get("args", {}), "dynamic": False}
-    meta.update(vocab_metadata(model, opts))
-    meta.update(opts.extra_metadata or {})
-    add_metadata(proto, meta)
-    if getattr(proto, "ir_version", 0) > 10:
-        proto.ir_version = 10  # ONNX Runtime compatibility, as Ultralytics
-    if args.quantize == 16:
-        from onnxruntime.transformers import float16
-
-        LOGGER.info(f"{prefix} converting to FP16...")
-        proto = float16.convert_float_to_float16(proto, keep_io_types=True)
-    onnx.save(proto, str(f))
+    proto = _load_simplified(f, dynamic, prefix) if args.simplify else onnx.load(str(f))
+    proto = _finish(proto, model, args, metadata, opts, hw_dynamic, prefix)
+    onnx.save(proto, str(f))  # f is in the export's staging folder (yw_ext.export.export_model)
     return str(f)
 
 

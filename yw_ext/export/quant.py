@@ -37,8 +37,9 @@ def quantize_onnx_static(
     """
     import onnx
 
+    from yw_ext import seam
     from yw_ext.export.calib import calibration_batches
-    from yw_ext.export.onnx import add_metadata, read_metadata
+    from yw_ext.export.onnx_io import add_metadata, load_metadata, save_onnx
     from yw_ext.export.tensorrt import onnx_inputs
 
     inputs = onnx_inputs(src)
@@ -47,7 +48,7 @@ def quantize_onnx_static(
     dims = inputs["images"]
     b = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else 1
     hw = [d if isinstance(d, int) and d > 0 else None for d in dims[2:]]
-    meta = read_metadata(onnx.load(str(src), load_external_data=False))
+    meta = load_metadata(src)
     if None in hw:
         from yw_ext.runtime.detector import parse_metadata
 
@@ -58,19 +59,15 @@ def quantize_onnx_static(
     if per_channel:
         from onnxruntime.quantization import quantize_static
 
-        from ultralytics.utils.export.onnx import onnx_calibration_reader
-
         graph = onnx.load(str(src)).graph
         exclude = [n.name for n in graph.node if n.op_type not in {"Conv", "Gemm", "MatMul"}]
-        quantize_static(str(src), str(dst), onnx_calibration_reader(batches, lambda x: x), nodes_to_exclude=exclude,
-                        per_channel=True)
+        quantize_static(str(src), str(dst), seam.onnx_calibration_reader(batches, lambda x: x),
+                        nodes_to_exclude=exclude, per_channel=True)
     else:
-        from ultralytics.utils.export.onnx import onnx_int8_quantize
-
-        onnx_int8_quantize(str(src), str(dst), batches, lambda x: x)
+        seam.onnx_int8_quantize(str(src), str(dst), batches, lambda x: x)
     proto = onnx.load(str(dst))
     add_metadata(proto, {**meta, "quantize": 8, "calibration_images": len(batches) * b})
-    onnx.save(proto, str(dst))
+    save_onnx(proto, dst)
     return str(dst)
 
 

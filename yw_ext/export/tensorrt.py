@@ -40,6 +40,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from yw_ext.core.io import atomic_write
+
 TXT_INPUT = "txt_feats"
 
 
@@ -315,12 +317,24 @@ def engine_metadata(onnx_meta: dict[str, str], request: EngineRequest) -> dict[s
 
 
 def write_engine_file(path: str | Path, engine: bytes, metadata: dict[str, Any]) -> None:
-    """``<int32 little-endian length><JSON metadata><serialized engine>`` (Ultralytics' ``.engine`` layout)."""
+    """``<int32 little-endian length><JSON metadata><serialized engine>`` (Ultralytics' ``.engine`` layout), atomically.
+
+    Examples:
+        >>> import os, tempfile
+        >>> from yw_ext.runtime.trt import read_engine_file
+        >>> p = os.path.join(tempfile.mkdtemp(), "x.engine")
+        >>> write_engine_file(p, b"ENGINE", {"stride": 32})
+        >>> read_engine_file(p)
+        ({'stride': 32}, b'ENGINE')
+    """
     meta = json.dumps(metadata, default=str).encode()
-    with open(path, "wb") as f:
+
+    def write(f) -> None:
         f.write(len(meta).to_bytes(4, byteorder="little", signed=True))
         f.write(meta)
         f.write(engine)
+
+    atomic_write(path, write)
 
 
 def build_engine(
@@ -339,7 +353,7 @@ def build_engine(
 
     Args:
         onnx_path: ONNX written by ``YWExporter`` (prepared here, in place).
-        engine_path: Output ``.engine`` (the caller stages it; this writes it in one go).
+        engine_path: Output ``.engine`` (written atomically: complete or not at all).
         request: From ``check_engine_request``.
         imgsz: Export size.
         batch: Largest batch of the profile.
@@ -378,7 +392,7 @@ def build_engine(
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, args["workspace_bytes"])
     onnx_file = prep["path"]
     if major >= 11 and request.precision in (8, 16):  # strongly typed only: bake precision into the ONNX (ModelOpt)
-        from ultralytics.utils.export.engine import modelopt_quantize_onnx
+        from yw_ext.seam import modelopt_quantize_onnx
 
         loader = None
         if request.precision == 8:
@@ -435,7 +449,8 @@ def onnx_to_engine(
     """
     import shutil
 
-    from yw_ext.export import _move_into_place, _Staging
+    from yw_ext.export import Staging
+    from yw_ext.export.onnx_io import load_metadata
     from yw_ext.runtime.detector import parse_metadata
 
     src = Path(onnx_path)
@@ -443,19 +458,16 @@ def onnx_to_engine(
     dynamic_vocab = TXT_INPUT in info_inputs
     request = check_engine_request(dynamic_vocab=dynamic_vocab, quantize=quantize, data=data, prompts=prompts)
     require_gpu()
-    import onnx
-
-    meta = parse_metadata({p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props})
+    meta = parse_metadata(load_metadata(src))
     dims = info_inputs["images"]
     dynamic = any(_is_dyn(d) for d in dims[2:])
     imgsz = meta.get("imgsz") or [int(dims[2]), int(dims[3])]
     dst = Path(engine_path) if engine_path else src.with_suffix(".engine")
-    with _Staging(dst) as tmp:
+    with Staging(dst) as tmp:  # the prepared ONNX copy (and ModelOpt's files) live and die here
         work = tmp / src.name
         shutil.copyfile(src, work)
-        f = build_engine(work, tmp / dst.name, request, imgsz=imgsz, batch=batch, dynamic=dynamic,
-                         workspace=workspace, data=data, calib_images=calib_images)
-        _move_into_place(Path(f), dst)
+        build_engine(work, dst, request, imgsz=imgsz, batch=batch, dynamic=dynamic, workspace=workspace, data=data,
+                     calib_images=calib_images)
     return str(dst)
 
 

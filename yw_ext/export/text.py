@@ -20,7 +20,6 @@ CLI: ``yw export model=clip clip=/path/ViT-B-32.pt out=clip_text.onnx`` (``clip=
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -99,8 +98,9 @@ def export_text_encoder(
     import onnx
 
     from yw_ext import __version__
-    from yw_ext.export import _move_into_place, _Staging
-    from yw_ext.export.onnx import add_metadata
+    from yw_ext.core.io import atomic_write
+    from yw_ext.export import Staging
+    from yw_ext.export.onnx_io import add_metadata, cap_ir_version, save_onnx, slim
     from yw_ext.text import CLIPTextEncoder, load_clip
 
     if opset < 17:
@@ -110,7 +110,7 @@ def export_text_encoder(
     bpe = _bpe_file()
     graph = TextGraph(enc).eval().float().cpu()
     tokens = enc.tokenize(["a photo of a dog", "bus"] * max(1, batch // 2))[:batch].cpu()  # (N, L)
-    with _Staging(dst) as tmp:
+    with Staging(dst) as tmp:  # torch.onnx writes to a path: trace there, then write dst in one go
         f = tmp / dst.name
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*aten::index.*")  # the gather index (argmax) is >= 0
@@ -118,30 +118,20 @@ def export_text_encoder(
                               output_names=[EMBED_OUTPUT], dynamic_axes={TOKENS_INPUT: {0: "batch"},
                                                                          EMBED_OUTPUT: {0: "batch"}}, dynamo=False)
         proto = onnx.load(str(f))
-        if simplify:
-            try:
-                import onnxslim
-
-                proto = onnxslim.slim(proto)
-            except Exception as e:  # pragma: no cover - depends on onnxslim
-                from ultralytics.utils import LOGGER
-
-                LOGGER.warning(f"text encoder: simplifier failure: {e}")
-        add_metadata(proto, {
-            "yw_ext": __version__,
-            "kind": "clip_text",
-            "identity": enc.identity,
-            "embed_dim": enc.dim,
-            "context_length": enc.context_length,
-            "tokenizer": bpe.name,
-            "source": str(enc.source),
-        })
-        if getattr(proto, "ir_version", 0) > 10:
-            proto.ir_version = 10
-        onnx.save(proto, str(f))
-        shutil.copyfile(bpe, tmp / bpe.name)
-        _move_into_place(tmp / bpe.name, dst.parent / bpe.name)
-        _move_into_place(f, dst)
+    if simplify:
+        proto = slim(proto, "text encoder:")
+    add_metadata(proto, {
+        "yw_ext": __version__,
+        "kind": "clip_text",
+        "identity": enc.identity,
+        "embed_dim": enc.dim,
+        "context_length": enc.context_length,
+        "tokenizer": bpe.name,
+        "source": str(enc.source),
+    })
+    cap_ir_version(proto)
+    atomic_write(dst.parent / bpe.name, lambda fh: fh.write(bpe.read_bytes()))  # the tokenizer's file, next to it
+    save_onnx(proto, dst)
     return str(dst)
 
 

@@ -14,7 +14,8 @@ Examples:
     >>> d.boxes.shape, d.scores.shape, d.class_ids.shape, d.labels[:3]  # doctest: +SKIP
 """
 
-from yw_ext.runtime.detector import Detector, parse_classes, parse_metadata
+from yw_ext.core.classes import parse_classes  # the one implementation, shared with the PyTorch model
+from yw_ext.runtime.detector import Detector, parse_metadata
 from yw_ext.runtime.ops import Detections, letterbox, non_max_suppression, preprocess, scale_boxes
 from yw_ext.runtime.text import TextEncoder
 from yw_ext.runtime.tokenizer import Tokenizer, find_bpe

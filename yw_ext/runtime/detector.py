@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import ast
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from yw_ext.core.classes import pad_prompts, parse_classes
+from yw_ext.core.embeddings import check_embedding_array, check_rows, check_width
 from yw_ext.runtime.ops import Detections, letterbox, load_image, nms_indices, non_max_suppression, preprocess
 from yw_ext.runtime.ops import scale_boxes
 from yw_ext.runtime.text import TextEncoder, make_session, session_metadata
@@ -60,33 +63,6 @@ def parse_metadata(meta: dict[str, Any]) -> dict[str, Any]:
             except (ValueError, SyntaxError):
                 pass
     return out
-
-
-def parse_classes(classes: Any) -> tuple[list[str], list[list[str]]]:
-    """Class names (a name or a list of synonyms, first = display name) -> (names, prompts per class).
-
-    Raises:
-        TypeError / ValueError: not a list of strings / lists of strings; empty; duplicate names.
-
-    Examples:
-        >>> parse_classes(["person", ["car", "automobile"]])
-        (['person', 'car'], [['person'], ['car', 'automobile']])
-    """
-    if isinstance(classes, str) or not isinstance(classes, (list, tuple)):
-        raise TypeError(f"classes must be a list of class names, e.g. ['person', 'bus'], got {classes!r}.")
-    if not classes:
-        raise ValueError("classes is empty: give at least one class name.")
-    names, prompts = [], []
-    for item in classes:
-        group = [item] if isinstance(item, str) else list(item) if isinstance(item, (list, tuple)) else None
-        if not group or not all(isinstance(p, str) and p.strip() for p in group):
-            raise TypeError(f"a class must be a non-empty name or list of names, got {item!r}.")
-        names.append(group[0].strip())
-        prompts.append([p.strip() for p in group])
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"duplicate class names: {dup}.")
-    return names, prompts
 
 
 class _ORTBackend:
@@ -209,22 +185,17 @@ class Detector:
         if embeddings is not None:
             if any(len(p) > 1 for p in prompts):
                 raise ValueError("give synonyms either as text prompts or as (K, G, D) embeddings, not both.")
-            e = np.load(embeddings) if isinstance(embeddings, (str, os.PathLike)) else np.asarray(embeddings)
-            e = e.astype(np.float32)
-            if e.ndim == 2:
-                e = e[:, None]
-            if e.ndim != 3 or e.shape[0] != k:
-                raise ValueError(f"expected ({k}, D) or ({k}, G, D) embeddings for {k} classes, got {e.shape}.")
-            g = e.shape[1]
+            # the model's prompt range is checked below, with this model's limits in the message
+            e, g = check_embedding_array(embeddings, k, self.embed_dim, max_prompts=sys.maxsize)  # (K * G, D)
+            self._check_count(k * g)
         else:
             if self.text_encoder is None:
                 raise ValueError("set_classes with names needs a text encoder: Detector(model, text_encoder="
                                  "'clip_text.onnx') (export it with `yw export model=clip`), or pass embeddings=.")
-            g = max(len(p) for p in prompts)
-            flat = [q for p in prompts for q in (p + [p[0]] * (g - len(p)))]  # class-major, padded with the first
+            flat, g = pad_prompts(prompts, max_prompts=sys.maxsize)  # class-major, padded with the first prompt
             self._check_count(k * g)
-            e = self.text_encoder.encode(flat).reshape(k, g, -1)
-        self._check_embeddings(e.reshape(k * g, -1))
+            e = self.text_encoder.encode(flat)  # (K * G, D)
+            self._check_embeddings(e)
         self._txt = np.ascontiguousarray(e.reshape(1, k * g, -1))
         self.names = dict(enumerate(names))
         self.prompts_per_class = g
@@ -240,15 +211,10 @@ class Detector:
                              f"{self.min_prompts}.")
 
     def _check_embeddings(self, e: np.ndarray) -> None:
-        """``(P, D)`` checks: width, count, finite, non-zero."""
-        if self.embed_dim is not None and e.shape[-1] != self.embed_dim:
-            raise ValueError(f"embedding width {e.shape[-1]} != the model's {self.embed_dim} (use the CLIP the model "
-                             "was trained with).")
+        """``(P, D)`` checks: width, count (this model's range), finite, non-zero."""
+        check_width(e.shape[-1], self.embed_dim)
         self._check_count(e.shape[0])
-        if not np.isfinite(e).all():
-            raise ValueError("embeddings contain NaN or inf.")
-        if (np.abs(e).sum(-1) == 0).any():
-            raise ValueError("embeddings contain an all-zero row.")
+        check_rows(e)
 
     def text_features(self) -> np.ndarray | None:
         """The ``(1, P, D)`` prompts fed as ``txt_feats`` (None: the file's stored default vocabulary)."""
@@ -367,4 +333,4 @@ def warn_encoder_mismatch(detector: Detector) -> None:
         warnings.warn(f"the detector's vocabulary was encoded with {want}, the text encoder is {have}.", stacklevel=2)
 
 
-__all__ = ["Detector", "parse_metadata", "parse_classes"]
+__all__ = ["Detector", "parse_metadata"]
