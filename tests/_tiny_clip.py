@@ -1,18 +1,12 @@
 # yw_ext, AGPL-3.0 license
-"""Test helper: a tiny random CLIP in OpenAI's layout, saved as an OpenAI state dict and as a Hugging Face folder.
+"""Test helper: the tiny random CLIP in the `clip` package's model, saved as an OpenAI state dict, a TorchScript
+archive and a Hugging Face folder.
 
-The model is built with the `clip` package (the reference implementation) and the Hugging Face copy with
-`transformers`; both are test-time dependencies only. The Hugging Face weights are copied module by module
-(independently of ``yw_ext.text.clip``'s key map), so the two files hold the same model in two formats.
-
-Notes:
-    - Attention heads: the OpenAI layout does not store the number of heads; every loader (``clip.load``,
-      ``open_clip``) reads ``width // 64`` back. With width 64 that is 1 head, so the tiny model is built with 1 head
-      (a 2-head model in memory would not be the model that any loader reads back from its file).
-    - Weights are rounded to float16-representable values: the `clip` package (like OpenAI's files) keeps weights in
-      float16 before ``.float()``, so with float16-exact values every loader sees exactly the same numbers.
-    - Biases and LayerNorm parameters are randomised (CLIP's init leaves them at 0/1), so that a wrong mapping of
-      any of them would show up in the features.
+The weights come from ``yw_ext.bench.tiny_clip`` (the one random-CLIP builder, open_clip; see its notes: width 64,
+1 head, random biases and LayerNorm weights, float16-exact values) and are loaded into a ``clip.model.CLIP``, the
+reference implementation. The Hugging Face copy is made with `transformers`, module by module (independently of
+``yw_ext.text.clip``'s key map), so the files hold the same model in several formats. `clip` and `transformers` are
+test-time dependencies only.
 
 Examples:
     >>> from tests._tiny_clip import tiny_clip, save_openai, save_hf
@@ -27,13 +21,7 @@ from pathlib import Path
 
 import torch
 
-WIDTH = 64  # text and vision width
-LAYERS = 2
-HEADS = WIDTH // 64  # what OpenAI-layout loaders infer; see the module notes
-CONTEXT = 77
-VOCAB = 49408
-IMAGE = 224
-PATCH = 32
+from yw_ext.bench.tiny_clip import CONTEXT, HEADS, IMAGE, LAYERS, PATCH, VOCAB, WIDTH, random_clip_state_dict
 
 
 def import_clip():
@@ -46,30 +34,22 @@ def import_clip():
 
 
 def tiny_clip(embed_dim: int = 512, seed: int = 0):
-    """A tiny random ``clip.model.CLIP`` (ViT, width 64, 2 layers) with float16-exact float32 weights, eval mode.
+    """The tiny random CLIP (ViT, width 64, 2 layers) of ``yw_ext.bench.tiny_clip`` as a ``clip.model.CLIP``.
 
     Args:
         embed_dim: joint embedding width (512 like ViT-B, 768 like ViT-L).
         seed: random seed.
 
     Returns:
-        (clip.model.CLIP): the model, float32, CPU.
+        (clip.model.CLIP): the model, float32 (float16-exact values), CPU, eval mode.
     """
     clip = import_clip()
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     model = clip.model.CLIP(
         embed_dim=embed_dim, image_resolution=IMAGE, vision_layers=LAYERS, vision_width=WIDTH,
         vision_patch_size=PATCH, context_length=CONTEXT, vocab_size=VOCAB, transformer_width=WIDTH,
         transformer_heads=HEADS, transformer_layers=LAYERS,
     ).float()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "class_embedding" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-            elif ("ln_" in name or "ln_final" in name) and name.endswith("weight"):
-                p.copy_(1 + torch.randn(p.shape, generator=g) * 0.1)
-            p.copy_(p.half().float())  # float16-exact values
+    model.load_state_dict(random_clip_state_dict("tiny", seed, vision=True, embed_dim=embed_dim), strict=True)
     return model.eval()
 
 

@@ -17,6 +17,8 @@ os.environ.pop("YW_CLIP", None)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from yw_ext.bench import randomize_ as _randomize_  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 COCO128 = SHARED / "data" / "coco128"
@@ -58,18 +60,6 @@ def env(tiny_clip_file, tmp_path, monkeypatch) -> Path:
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give BatchNorm statistics and contrastive-head scalars non-default values so parity tests can fail."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            if hasattr(m, "logit_scale") and hasattr(m, "bias") and isinstance(m.bias, torch.nn.Parameter):
-                m.bias.fill_(-1.0)
-                m.logit_scale.fill_(1.0)
-            if type(m).__name__ == "MaxSigmoidAttnBlock":
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
-    return model
+    """Give BatchNorm statistics, contrastive-head scalars and attention biases non-default values so parity tests
+    can fail: ``yw_ext.bench.randomize_`` (the one implementation), without its float16 rounding."""
+    return _randomize_(model, seed, fp16_exact=False)

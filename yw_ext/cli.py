@@ -34,24 +34,31 @@ exemplars through a trained image adapter (``mode=image_prompt``). Example:
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Callable
+
+from yw_ext.core import parse_class_string
 
 MODES = ("predict", "train", "val", "export")
 LATER: dict[str, str] = {}  # modes whose features land with their own issues
 USAGE = __doc__
+RAW_KEYS = {"classes", "model", "source", "data", "clip", "embeddings", "prompt_images", "names", "src", "out",
+            "image_adapter", "jitter"}  # fmt: skip
+"""Keys whose values are kept as the strings given (no ``smart_value``)."""
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
     """Parse ``key=value`` tokens; values go through Ultralytics' ``smart_value`` (numbers, bools, None).
 
+    ``-`` in keys becomes ``_``; the values of ``RAW_KEYS`` stay strings.
+
     Raises:
-        SystemExit: a token without ``=``.
+        SystemExit: a token without ``=``, or with an empty key.
 
     Examples:
         >>> parse_args(["conf=0.5", "classes=a,b", "save=False"])
         {'conf': 0.5, 'classes': 'a,b', 'save': False}
     """
-    from ultralytics.cfg import smart_value
+    from yw_ext.seam import smart_value
 
     out: dict[str, Any] = {}
     for tok in argv:
@@ -61,24 +68,27 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         k = k.strip().replace("-", "_")
         if not k:
             raise SystemExit(f"yw: argument '{tok}' has an empty key.")
-        raw = {"classes", "model", "source", "data", "clip", "embeddings", "prompt_images", "names", "src", "out",
-               "image_adapter", "jitter"}  # kept as strings
-        out[k] = v if k in raw else smart_value(v)
+        out[k] = v if k in RAW_KEYS else smart_value(v)
     return out
 
 
 def parse_classes_arg(text: str) -> list[Any]:
-    """``"person,car|automobile"`` -> ``["person", ["car", "automobile"]]``.
+    """``"person,car|automobile"`` -> ``["person", ["car", "automobile"]]`` (``yw_ext.core.parse_class_string``).
+
+    Unlike the demo's class box, the command line does not drop blank items: an empty class or synonym is an error.
+
+    Raises:
+        ValueError: an empty class name or synonym (``"a,,b"``, ``"a|"``), naming the class index as
+            ``YOLOWorld.set_classes`` does.
 
     Examples:
         >>> parse_classes_arg("person, car|automobile")
         ['person', ['car', 'automobile']]
     """
-    items: list[Any] = []
-    for part in str(text).split(","):
-        syn = [s.strip() for s in part.split("|")]
-        items.append(syn[0] if len(syn) == 1 else syn)
-    return items
+    for i, part in enumerate(str(text).split(",")):
+        if not all(s.strip() for s in part.split("|")):
+            raise ValueError(f"class {i}: empty class name or prompt ''.")
+    return parse_class_string(str(text))
 
 
 def parse_prompt_images(text: str) -> dict[str, list[Any]]:
@@ -118,73 +128,87 @@ def parse_prompt_images(text: str) -> dict[str, list[Any]]:
     return out
 
 
-def run(argv: list[str]) -> Any:
-    """Run one ``yw`` command; returns what the mode returns (results, metrics, export path)."""
-    if not argv or argv[0] in {"help", "-h", "--help"}:
-        print(USAGE)
-        return None
-    mode, rest = argv[0], argv[1:]
-    if mode in {"version", "--version"}:
-        import yw_ext
+def _help(rest: list[str]) -> None:
+    """``yw help``: print the usage."""
+    print(USAGE)
 
-        print(yw_ext.__version__)
-        return yw_ext.__version__
-    if mode in LATER:
-        raise SystemExit(f"yw {mode}: {LATER[mode]} is not available in this version of yw_ext yet.")
-    if mode == "convert":  # yw convert src.pth [out.pt] [names=...]: positional paths or key=value
-        from yw_ext.convert import convert_cli
 
-        pos = [a for a in rest if "=" not in a]
-        if len(pos) > 2:
-            raise SystemExit(f"yw convert: expected 'src.pth [out.pt]' and key=value options, got {pos}.")
-        cargs = parse_args([a for a in rest if "=" in a])
-        cargs.update(dict(zip(("src", "out"), pos)))
-        out = convert_cli(cargs)
-        print(f"yw convert: wrote {out}")
-        return out
-    if mode == "embed":  # yw embed texts="a,b|b2,c" | json=class_texts.json [out=vocab.npz] [clip=...]
-        from yw_ext.prompts import embed_texts
+def _version(rest: list[str]) -> str:
+    """``yw version``: print and return the version."""
+    import yw_ext
 
-        eargs = parse_args(rest)  # checks key=value; the text values are taken verbatim below
-        raw = {k.strip(): v for k, v in (t.split("=", 1) for t in rest)}
-        eargs.update({k: v for k, v in raw.items() if k in {"texts", "json", "out", "clip"}})
-        unknown = set(eargs) - {"texts", "json", "out", "clip", "batch"}
-        if unknown:
-            raise SystemExit(f"yw embed: unknown argument(s) {sorted(unknown)}; use texts= or json=, out=, clip=.")
-        out = embed_texts(eargs.get("texts"), out=eargs.get("out", "vocab.npz"), json=eargs.get("json"),
-                          clip=eargs.get("clip"), batch=int(eargs.get("batch", 256)))
-        print(f"yw embed: wrote {out}")
-        return out
-    if mode == "bench":  # yw bench [quick=True] [scales=n,s] [imgsz=640] [ks=1,80,1203] [backends=...] [out=...]
-        from yw_ext.bench import cli as bench_cli
+    print(yw_ext.__version__)
+    return yw_ext.__version__
 
-        return bench_cli(rest)
-    if mode == "demo":  # yw demo [model=l] [port=7860] [host=127.0.0.1] [clip=...] [conf=0.25]: local web page
-        from yw_ext.demo import launch
 
-        try:
-            return launch(**parse_args(rest))
-        except ImportError as e:  # Gradio not installed: the message says how to install it
-            raise SystemExit(f"yw demo: {e}") from None
-    if mode not in MODES:
-        raise SystemExit(f"yw: unknown mode '{mode}'. Modes: {', '.join(MODES)}. See 'yw help'.")
-    args = parse_args(rest)
-    if mode == "export" and str(args.get("model", "")).lower() in {"clip", "clip-text", "text"}:
-        return _export_text(args)
-    from yw_ext import YOLOWorld
+def _convert(rest: list[str]) -> Any:
+    """``yw convert src.pth [out.pt] [names=...]``: positional paths or key=value."""
+    from yw_ext.convert import convert_cli
 
+    pos = [a for a in rest if "=" not in a]
+    if len(pos) > 2:
+        raise SystemExit(f"yw convert: expected 'src.pth [out.pt]' and key=value options, got {pos}.")
+    cargs = parse_args([a for a in rest if "=" in a])
+    cargs.update(dict(zip(("src", "out"), pos)))
+    out = convert_cli(cargs)
+    print(f"yw convert: wrote {out}")
+    return out
+
+
+def _embed(rest: list[str]) -> Any:
+    """``yw embed texts="a,b|b2,c" | json=class_texts.json [out=vocab.npz] [clip=...] [batch=256]``."""
+    from yw_ext.prompts import embed_texts
+
+    eargs = parse_args(rest)  # checks key=value; the text values are taken verbatim below
+    raw = {k.strip(): v for k, v in (t.split("=", 1) for t in rest)}
+    eargs.update({k: v for k, v in raw.items() if k in {"texts", "json", "out", "clip"}})
+    unknown = set(eargs) - {"texts", "json", "out", "clip", "batch"}
+    if unknown:
+        raise SystemExit(f"yw embed: unknown argument(s) {sorted(unknown)}; use texts= or json=, out=, clip=.")
+    out = embed_texts(eargs.get("texts"), out=eargs.get("out", "vocab.npz"), json=eargs.get("json"),
+                      clip=eargs.get("clip"), batch=int(eargs.get("batch", 256)))
+    print(f"yw embed: wrote {out}")
+    return out
+
+
+def _bench(rest: list[str]) -> list[dict]:
+    """``yw bench [quick=True] [scales=n,s] [imgsz=640] [ks=1,80,1203] [backends=...] [out=...]``."""
+    from yw_ext.bench import cli as bench_cli
+
+    return bench_cli(parse_args(rest))
+
+
+def _demo(rest: list[str]) -> Any:
+    """``yw demo [model=l] [port=7860] [host=127.0.0.1] [clip=...] [conf=0.25]``: a local web page."""
+    from yw_ext.demo import launch
+
+    try:
+        return launch(**parse_args(rest))
+    except ImportError as e:  # Gradio not installed: the message says how to install it
+        raise SystemExit(f"yw demo: {e}") from None
+
+
+COMMANDS: dict[str, Callable[[list[str]], Any]] = {
+    "help": _help, "-h": _help, "--help": _help, "version": _version, "--version": _version, "convert": _convert,
+    "embed": _embed, "bench": _bench, "demo": _demo,
+}  # fmt: skip
+"""The modes that are not a model mode (``MODES``), each a function of the tokens after the mode."""
+
+
+def _image_prompt_args(mode: str, args: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Pop and check ``prompt_images`` / ``alpha`` / ``margin`` (before the possibly slow model load)."""
     images, alpha, margin = args.pop("prompt_images", None), args.pop("alpha", None), args.pop("margin", None)
-    if images is not None:  # checked before the (possibly slow) model load
+    if images is not None:
         if mode != "predict":
             raise SystemExit(f"yw {mode}: prompt_images=... is available in predict mode only.")
         images = parse_prompt_images(images)
     elif alpha is not None or margin is not None:
         raise SystemExit("yw: alpha=... and margin=... apply to image prompts: add prompt_images=...")
-    model = YOLOWorld(args.pop("model", "l"))
-    classes, clip, emb = args.pop("classes", None), args.pop("clip", None), args.pop("embeddings", None)
-    adapter = args.pop("image_adapter", None)
-    if adapter is not None:
-        model.load_image_adapter(adapter)
+    return images, alpha, margin
+
+
+def _mode_options(mode: str, args: dict[str, Any], clip: Any) -> None:
+    """Hand ``clip`` to the image-prompt trainer / validator and parse ``jitter`` (in place)."""
     if mode == "train" and str(args.get("mode", "")).lower() == "image_prompt":
         if clip is not None:
             args["clip"] = clip  # the CLIP whose image tower encodes the crops (and whose text tower the names)
@@ -192,6 +216,10 @@ def run(argv: list[str]) -> Any:
             args["jitter"] = tuple(float(v) for v in args["jitter"].split(","))
     if mode == "val" and args.get("image_prompts") is not None and clip is not None:
         args["encoder"] = clip
+
+
+def _set_vocabulary(model: Any, classes: Any, emb: Any, clip: Any, images: Any, alpha: Any, margin: Any) -> None:
+    """``model.set_classes`` from ``classes=`` / ``embeddings=`` / ``prompt_images=`` (nothing when none is given)."""
     if images is not None:
         if emb is not None:
             raise SystemExit("yw: give either embeddings=... or prompt_images=..., not both.")
@@ -202,18 +230,54 @@ def run(argv: list[str]) -> Any:
         if classes is None:
             raise SystemExit("yw: embeddings=... needs classes=... (one name per row).")
         model.set_classes(parse_classes_arg(classes), embeddings=emb, encoder=clip)
+
+
+def _model_mode(mode: str, rest: list[str]) -> Any:
+    """``yw predict|train|val|export key=value ...``: load the model, set its vocabulary, run the mode."""
+    args = parse_args(rest)
+    if mode == "export" and str(args.get("model", "")).lower() in {"clip", "clip-text", "text"}:
+        return _export_text(args)
+    from yw_ext import YOLOWorld
+
+    images, alpha, margin = _image_prompt_args(mode, args)
+    model = YOLOWorld(args.pop("model", "l"))
+    classes, clip, emb = args.pop("classes", None), args.pop("clip", None), args.pop("embeddings", None)
+    adapter = args.pop("image_adapter", None)
+    if adapter is not None:
+        model.load_image_adapter(adapter)
+    _mode_options(mode, args, clip)
+    _set_vocabulary(model, classes, emb, clip, images, alpha, margin)
     if mode == "predict":
         args.setdefault("save", True)
         if "source" not in args:
-            from ultralytics.utils import ASSETS
+            from yw_ext.seam import ASSETS
 
             args["source"] = str(ASSETS)
         return model.predict(**args)
-    if mode == "train":
-        return model.train(**args)
-    if mode == "val":
-        return model.val(**args)
-    return model.export(**args)
+    return {"train": model.train, "val": model.val, "export": model.export}[mode](**args)
+
+
+def run(argv: list[str]) -> Any:
+    """Run one ``yw`` command; returns what the mode returns (results, metrics, export path, benchmark rows).
+
+    Raises:
+        SystemExit: an unknown mode or bad arguments (the message says which).
+
+    Examples:
+        >>> run(["version"])  # doctest: +SKIP
+        0.1.0
+        '0.1.0'
+    """
+    if not argv:
+        return _help([])
+    mode, rest = argv[0], argv[1:]
+    if mode in LATER:
+        raise SystemExit(f"yw {mode}: {LATER[mode]} is not available in this version of yw_ext yet.")
+    if mode in COMMANDS:
+        return COMMANDS[mode](rest)
+    if mode not in MODES:
+        raise SystemExit(f"yw: unknown mode '{mode}'. Modes: {', '.join(MODES)}. See 'yw help'.")
+    return _model_mode(mode, rest)
 
 
 def _export_text(args: dict[str, Any]) -> str:
@@ -235,7 +299,13 @@ def _export_text(args: dict[str, Any]) -> str:
 
 
 def entrypoint(argv: list[str] | None = None) -> int:
-    """Console-script entry point (``yw``): exit code 0 on success, readable message and 2 on bad input."""
+    """Console-script entry point (``yw``): exit code 0 on success, readable message and 2 on bad input.
+
+    Examples:
+        >>> entrypoint(["version"])  # doctest: +SKIP
+        0.1.0
+        0
+    """
     try:
         run(list(sys.argv[1:] if argv is None else argv))
     except (ValueError, TypeError, FileNotFoundError, SyntaxError, RuntimeError, ImportError) as e:

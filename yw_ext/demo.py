@@ -60,7 +60,8 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: n
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
+
+from yw_ext.core import parse_class_string  # noqa: E402
 
 __all__ = ("launch", "build_demo", "Demo", "DemoInputError", "parse_prompt_lines", "read_image", "default_examples")
 
@@ -79,7 +80,12 @@ _PROMPT_HELP = (
 
 
 class DemoInputError(ValueError):
-    """Bad input in the page; its message is shown to the user as is."""
+    """Bad input in the page; its message is shown to the user as is.
+
+    Examples:
+        >>> str(DemoInputError("upload an image first."))
+        'upload an image first.'
+    """
 
 
 def _gradio():
@@ -99,16 +105,13 @@ def _gradio():
 def parse_classes_text(text: str | None) -> list[Any]:
     """The class box: ``"person, car|automobile,"`` -> ``["person", ["car", "automobile"]]`` (empty items dropped).
 
+    The same form as the command line's ``classes=`` (``yw_ext.core.parse_class_string``).
+
     Examples:
         >>> parse_classes_text("person, car|automobile,")
         ['person', ['car', 'automobile']]
     """
-    out: list[Any] = []
-    for part in str(text or "").split(","):
-        syn = [s.strip() for s in part.split("|") if s.strip()]
-        if syn:
-            out.append(syn[0] if len(syn) == 1 else syn)
-    return out
+    return parse_class_string(text)
 
 
 def _name_of(path: str | Path) -> str:
@@ -280,7 +283,7 @@ def default_examples(limit: int = 6) -> list[str]:
         >>> [Path(p).name for p in default_examples()][:2]
         ['bus.jpg', 'zidane.jpg']
     """
-    from ultralytics.utils import ASSETS
+    from yw_ext.seam import ASSETS
 
     out = [str(Path(ASSETS) / n) for n in ("bus.jpg", "zidane.jpg") if (Path(ASSETS) / n).is_file()]
     if COCO128_IMAGES.is_dir():
@@ -359,11 +362,21 @@ class Demo:
 
     @property
     def ready(self) -> bool:
-        """True when a model is loaded."""
+        """True when a model is loaded.
+
+        Examples:
+            >>> Demo("yw-v2-n.yaml").ready  # doctest: +SKIP
+            True
+        """
         return self.model is not None
 
     def info_markdown(self) -> str:
-        """What the page says about the model and CLIP (and what is missing)."""
+        """What the page says about the model and CLIP (and what is missing).
+
+        Examples:
+            >>> Demo("yw-v2-n.yaml").info_markdown().splitlines()[0]  # doctest: +SKIP
+            '**Model**: `yw-v2-n.yaml` (YWDetectionModel, text width 512) - *random weights ...*  '
+        """
         lines = []
         if self.model is not None:
             m = self.model.model
@@ -493,6 +506,8 @@ class Demo:
         Examples:
             >>> path, status = Demo("yw-v2-n.yaml").export_onnx("person, bus")  # doctest: +SKIP
         """
+        import torch
+
         self._require_model()
         im = read_image(image, "input image") if image else None
         with self.lock:

@@ -68,6 +68,7 @@ PRIVATE_APIS: dict[str, str] = {
     # symbol (module:qualname)                              what yw_ext uses it for
     "ultralytics.nn.tasks:BaseModel._profile_one_layer": "per-layer profiling in YWDetectionModel.predict",
     "ultralytics.nn.modules.head:Detect._inference": "box decoding of the folded and run-time-vocabulary heads",
+    "ultralytics.nn.modules.head:Detect._get_decode_boxes": "the folded head's eager decoding (RepWorldDetect)",
     "ultralytics.engine.model:Model._reset_ckpt_args": "checkpoint arguments of converted official weights",
     "ultralytics.engine.model:Model._check_is_pytorch_model": "refusing set_classes / export on exported models",
     "ultralytics.engine.model:Model._load": "YOLOWorld._load override (checkpoint routing)",
@@ -119,6 +120,11 @@ def profile_layer(model: Any, layer: Any, x: Any, dt: list) -> None:
 def detect_inference(head: Any, preds: dict) -> Any:
     """``Detect._inference`` on ``head``: decode ``{"boxes", "scores", "feats"}`` to ``(B, 4 + nc, A)``."""
     return Detect._inference(head, preds)
+
+
+def decode_boxes(head: Any, preds: dict) -> Any:
+    """``Detect._get_decode_boxes`` on ``head``: decoded ``(B, 4, A)`` xywh boxes from ``preds["boxes"]``."""
+    return Detect._get_decode_boxes(head, preds)
 
 
 def reset_ckpt_args(args: dict) -> dict:

@@ -120,7 +120,12 @@ class BenchConfig:
 
     @property
     def stem(self) -> str:
-        """File stem of the outputs."""
+        """File stem of the outputs.
+
+        Examples:
+            >>> BenchConfig(quick=True).stem, BenchConfig(name="s640").stem
+            ('bench_quick', 's640')
+        """
         return self.name or ("bench_quick" if self.quick else "bench")
 
 

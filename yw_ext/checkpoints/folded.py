@@ -130,7 +130,10 @@ def _fold_neck(model: YWDetectionModel, layout: OfficialLayout, guides: dict, n:
 
 
 def _fold_head(model: YWDetectionModel, head_convs: dict, n: int, d: int, shapes: list[str]) -> torch.nn.Module:
-    """``RepWorldDetect`` whose per-level ``Conv2d(hidden, N)`` is cls_preds[i][2] (hidden -> D), BN(D), conv (D -> N)."""
+    """``RepWorldDetect`` with each level's ``Conv2d(hidden, N)`` = cls_preds[i][2] (hidden -> D), BN(D), conv (D -> N).
+
+    Problems (missing or mis-shaped convs, extra levels) are appended to ``shapes``.
+    """
     from yw_ext.nn.rep import RepWorldDetect
 
     head = model.model[-1]

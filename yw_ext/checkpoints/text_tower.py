@@ -4,9 +4,10 @@
 Official files carry Hugging Face ``CLIPTextModelWithProjection`` tensors under ``backbone.text_model.model.``; they
 are checked by building a ``yw_ext.text.CLIPTextEncoder`` (open_clip, no ``transformers``) and stored on the model as
 a plain dict ``{"format": "hf-clip-text", "config", "state_dict", "identity"}``, so ``set_classes([...])`` works
-without a separate CLIP. ``text_encoder_from_state`` turns that dict back into an encoder, built once per process.
+without a separate CLIP. ``text_encoder_from_state`` (``yw_ext.text.embedded``, re-exported here) turns that dict back
+into an encoder; the encoder built while converting is put in its cache, so the model does not build it again.
 
-This module imports nothing of ``yw_ext.nn`` (``YWDetectionModel.encode_text`` imports it lazily).
+This module imports nothing of ``yw_ext.nn``.
 
 Examples:
     >>> enc = text_encoder_from_state(model.text_encoder_state)  # doctest: +SKIP
@@ -16,20 +17,16 @@ Examples:
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import torch
 
 from yw_ext.checkpoints.errors import CheckpointError
 from yw_ext.checkpoints.keymaps import HF_TEXT_PREFIX, count_indices
+from yw_ext.text.embedded import remember_encoder, text_encoder_from_state
 
 TEXT_STATE_FORMAT = "hf-clip-text"
 """``text_encoder_state["format"]`` of an embedded Hugging Face CLIP text tower."""
-
-_ENCODERS: dict[str, Any] = {}  # identity -> CLIPTextEncoder built from an embedded text tower
-_ENCODERS_MAX = 2
-_ENCODERS_LOCK = threading.Lock()
 
 # Tensors whose shapes give the Hugging Face text config (their absence means it is not a HF CLIP text model).
 _CONFIG_TENSORS = (
@@ -39,17 +36,6 @@ _CONFIG_TENSORS = (
     "text_model.embeddings.position_embedding.weight",
     "text_model.encoder.layers.0.mlp.fc1.weight",
 )
-
-
-def _remember(enc: Any, *aliases: str | None) -> None:
-    """Cache ``enc`` under its identity (and ``aliases``), evicting the oldest entries beyond ``_ENCODERS_MAX``."""
-    with _ENCODERS_LOCK:
-        while len(_ENCODERS) >= _ENCODERS_MAX:
-            del _ENCODERS[next(iter(_ENCODERS))]
-        _ENCODERS[enc.identity] = enc
-        for key in aliases:
-            if key and key != enc.identity:
-                _ENCODERS[key] = enc
 
 
 def hf_text_config(text_sd: dict[str, torch.Tensor], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -86,37 +72,6 @@ def hf_text_config(text_sd: dict[str, torch.Tensor], overrides: dict[str, Any] |
     return cfg
 
 
-def text_encoder_from_state(state: dict[str, Any]):
-    """The ``CLIPTextEncoder`` of a model's ``text_encoder_state``, built once per process (cached by identity).
-
-    Args:
-        state: ``{"format": "hf-clip-text", "config": {...}, "state_dict": {...}, "identity": str}`` as stored by
-            ``convert_official`` on ``YWDetectionModel.text_encoder_state``.
-
-    Returns:
-        (yw_ext.text.CLIPTextEncoder): The encoder (CPU), shared between models with the same tower.
-
-    Raises:
-        ValueError: an unknown ``format``.
-
-    Examples:
-        >>> enc = text_encoder_from_state(model.text_encoder_state)  # doctest: +SKIP
-        >>> enc.encode(["person"]).shape  # doctest: +SKIP
-        torch.Size([1, 512])
-    """
-    from yw_ext.text import CLIPTextEncoder
-
-    if state.get("format") != TEXT_STATE_FORMAT:
-        raise ValueError(f"unknown text_encoder_state format {state.get('format')!r} (expected '{TEXT_STATE_FORMAT}').")
-    key = state.get("identity")
-    with _ENCODERS_LOCK:
-        if key and key in _ENCODERS:
-            return _ENCODERS[key]
-    enc = CLIPTextEncoder.from_hf_state_dict(state["state_dict"], state.get("config"), source="embedded text tower")
-    _remember(enc, key)
-    return enc
-
-
 def text_state(text_sd: dict[str, torch.Tensor], overrides: dict[str, Any] | None, source: str) -> dict[str, Any]:
     """Check an embedded HF text tower by building its encoder, and return the state to store on the model.
 
@@ -136,7 +91,7 @@ def text_state(text_sd: dict[str, torch.Tensor], overrides: dict[str, Any] | Non
         >>> state["config"]["projection_dim"]  # doctest: +SKIP
         512
     """
-    from yw_ext.text import CLIPTextEncoder
+    from yw_ext.text.clip import CLIPTextEncoder
 
     cfg = hf_text_config(text_sd, overrides)
     sd = {k: (v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()).contiguous()
@@ -145,7 +100,7 @@ def text_state(text_sd: dict[str, torch.Tensor], overrides: dict[str, Any] | Non
         enc = CLIPTextEncoder.from_hf_state_dict(sd, cfg, source=f"{source} ({HF_TEXT_PREFIX}*)")
     except ValueError as e:
         raise CheckpointError(f"{source}: the embedded CLIP text tower cannot be loaded: {e}") from e
-    _remember(enc)
+    remember_encoder(enc)
     return {"format": TEXT_STATE_FORMAT, "config": cfg, "state_dict": sd, "identity": enc.identity}
 
 

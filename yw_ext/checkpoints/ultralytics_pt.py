@@ -61,7 +61,9 @@ def from_ultralytics(world_model: torch.nn.Module) -> YWDetectionModel:
     if tf is not None and tf.shape[-1] == model.embed_dim:
         k = tf.shape[-2]
         if len(names) != k:  # Ultralytics keeps names and txt_feats separately; the embeddings are what runs
-            LOGGER.warning(f"yw_ext: checkpoint has {len(names)} names for {k} text embeddings; naming classes 0..{k - 1}.")
+            LOGGER.warning(
+                f"yw_ext: checkpoint has {len(names)} names for {k} text embeddings; naming classes 0..{k - 1}."
+            )
             names = [str(i) for i in range(k)]
         emb = tf.reshape(-1, tf.shape[-1]).float()  # (..., K, D) -> (K, D)
         model.set_vocabulary(names, emb, 1, None, "ultralytics-checkpoint")

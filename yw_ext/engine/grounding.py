@@ -65,7 +65,7 @@ def normalize_grounding(grounding_data: Any) -> list[dict]:
 
 
 def mixed_data(data: Any, grounding_data: Any) -> dict:
-    """Data dict mixing a detection dataset with grounding data, in the form ``WorldTrainerFromScratch`` reads.
+    """Data dict mixing a detection dataset with grounding data (the form of Ultralytics' ``WorldTrainerFromScratch``).
 
     Args:
         data: A detection dataset YAML (also used for validation), or an already mixed dict (grounding is appended).
@@ -110,6 +110,59 @@ def val_data(data: Any) -> Any:
         v = data["val"].get("yolo_data") or []
         return v[0] if isinstance(v, list) and v else v
     return data
+
+
+def resolve_mixed_data(data: dict, single_cls: bool = False) -> tuple[dict, dict]:
+    """Check the datasets of a mixed data dict and lay them out for the trainer, as ``WorldTrainerFromScratch`` does.
+
+    Training images are every ``train.yolo_data`` dataset's train split followed by the ``train.grounding_data``
+    entries (relative paths resolved against Ultralytics' datasets folder when they do not exist as given);
+    validation is the one ``val.yolo_data`` dataset (its ``minival`` split for LVIS), whose names, ``nc``, path and
+    channels the run takes. ``val.grounding_data`` is not used (validation is detection mAP).
+
+    Args:
+        data: ``{"train": {"yolo_data": [...], "grounding_data": [...]}, "val": {"yolo_data": [one]}}``; grounding
+            entries are normalised in place (``normalize_grounding`` first).
+        single_cls: One class named ``"object"`` everywhere.
+
+    Returns:
+        (dict, dict): the trainer's dataset dict (``train`` list, ``val`` path, ``nc``, ``names``, ``path``,
+        ``channels``) and, per detection training path, its checked dataset dict.
+
+    Raises:
+        GroundingDataError: ``train`` / ``val`` are not non-empty dicts, or ``val`` has not exactly one dataset.
+
+    Examples:
+        >>> data = mixed_data("coco128.yaml", {"img_path": "flickr30k/images", "json_file": "flickr.json"})
+        >>> out, per_train = resolve_mixed_data(data)  # doctest: +SKIP
+        >>> out["train"][-1]["json_file"]  # doctest: +SKIP
+        '/datasets/flickr.json'
+    """
+    from yw_ext.seam import DATASETS_DIR, check_det_dataset
+
+    for split in ("train", "val"):
+        if not isinstance(data.get(split), dict) or not data[split]:
+            raise GroundingDataError(f"mixed data must map '{split}' to a dict like {{'yolo_data': ['coco8.yaml']}}, "
+                                     f"got {split}={data.get(split)!r}.")
+    train = [check_det_dataset(d) for d in data["train"].get("yolo_data") or []]
+    vals = [check_det_dataset(d) for d in data["val"].get("yolo_data") or []]
+    if len(vals) != 1:
+        raise GroundingDataError(f"mixed data validates on exactly one detection dataset, got {len(vals)}.")
+    val = vals[0]
+    split = "minival" if "lvis" in str(val["val"]) else "val"
+    if val.get("minival") is not None:  # LVIS
+        val["minival"] = str(Path(val["path"]) / val["minival"])
+    grounding = data["train"].get("grounding_data") or []
+    grounding = grounding if isinstance(grounding, list) else [grounding]
+    for g in grounding:
+        for k in GROUNDING_KEYS:
+            if not Path(g[k]).exists() and not Path(g[k]).is_absolute():
+                g[k] = str((DATASETS_DIR / g[k]).resolve())  # relative to Ultralytics' datasets folder
+    out = {"train": [d["train"] for d in train] + grounding, "val": val[split]}
+    out.update({k: val[k] for k in ("nc", "names", "path", "channels")})
+    for d in ([out, *train] if single_cls else []):
+        d["names"], d["nc"] = {0: "object"}, 1
+    return out, {d["train"]: d for d in train}
 
 
 def check_grounding(img_path: str | Path, json_file: str | Path, max_errors: int = 5) -> dict[str, int]:

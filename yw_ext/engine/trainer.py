@@ -1,21 +1,26 @@
-"""Fine-tuning trainer for yw_ext models: Ultralytics' YOLO-World trainers with yw_ext's model, texts and checks.
+"""Fine-tuning trainer for yw_ext models: Ultralytics' detection trainer with yw_ext's model, texts and checks.
 
-``YWTrainer`` is Ultralytics' ``WorldTrainerFromScratch`` (itself a ``WorldTrainer``) with:
+``YWTrainer`` is an Ultralytics ``DetectionTrainer`` that does what Ultralytics' YOLO-World trainers
+(``WorldTrainer`` / ``WorldTrainerFromScratch``) do, yw_ext's way:
 
-- ``get_model`` building a ``YWDetectionModel`` (upstream hard-codes ``WorldModel``);
+- ``get_model`` builds a ``YWDetectionModel`` (upstream hard-codes ``WorldModel``);
 - text embeddings from the model's text encoder as ``YWDetectionModel.encode_text`` resolves it (``$YW_CLIP``, else
   the text tower that came with the weights, else ``load_clip()``) and yw_ext's on-disk cache (upstream hard-codes
   ``clip:ViT-B/32`` and a ``text_embeddings_clip_ViT-B_32.pt`` file next to the images), gathered per batch by
   index instead of one tensor per text;
-- a fixed-vocabulary subclass for re-parameterised fine-tuning lives in ``yw_ext.engine.rep_trainer``; modes are
-  picked in ``yw_ext.engine.modes``;
 - class texts: a dataset YAML's ``text_json`` (official ``[["person", "human"], ...]`` format) or ``/``-separated
   names; training samples one prompt per class per image plus negatives, validation uses all prompts (max);
 - the EMA model (which is validated and saved as best.pt / last.pt) gets the dataset vocabulary, names plus
-  embeddings plus prompts, so ``yw_ext.YOLOWorld("best.pt")`` reloads with its classes;
+  embeddings plus prompts, so ``yw_ext.YOLOWorld("best.pt")`` reloads with its classes (``set_ema_vocabulary``,
+  in place of upstream's callback, which would set names only);
 - detection data alone (``data="coco128.yaml"``) or mixed with grounding data (``data={"train": {"yolo_data": [...],
-  "grounding_data": [...]}, "val": {"yolo_data": [...]}}``, which ``YOLOWorld.train(grounding_data=...)`` builds);
+  "grounding_data": [...]}, "val": {"yolo_data": [...]}}``, which ``YOLOWorld.train(grounding_data=...)`` builds;
+  laid out by ``yw_ext.engine.grounding.resolve_mixed_data``);
 - clear errors before training for unavailable datasets, class-text JSONs of the wrong length and bad grounding JSON.
+
+Trainers of a fixed vocabulary (``fixed_vocabulary = True``: the dataset's classes, folded in ``rep_trainer``,
+learnable in ``prompt_trainer``) train on plain detection datasets without per-image texts, with a K-class loss.
+Modes are picked in ``yw_ext.engine.modes``.
 
 Examples:
     >>> from yw_ext import YOLOWorld
@@ -28,21 +33,26 @@ from __future__ import annotations
 import itertools
 from copy import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
-from ultralytics.data import YOLOConcatDataset, build_grounding, build_yolo_dataset
-from ultralytics.data.utils import check_det_dataset
-from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.models.yolo.world.train import on_pretrain_routine_end as _upstream_set_classes
-from ultralytics.models.yolo.world.train_world import WorldTrainerFromScratch
-from ultralytics.utils import LOGGER, RANK
-from ultralytics.utils.torch_utils import unwrap_model
 
 from yw_ext.engine.dataset import build_yw_dataset, check_dataset_available, class_texts, display_names
-from yw_ext.engine.grounding import check_grounding, is_mixed, normalize_grounding, val_data
+from yw_ext.engine.grounding import check_grounding, is_mixed, normalize_grounding, resolve_mixed_data, val_data
 from yw_ext.engine.validator import YWValidator
 from yw_ext.nn.model import YWDetectionModel
+from yw_ext.seam import (
+    DEFAULT_CFG,
+    LOGGER,
+    RANK,
+    DetectionTrainer,
+    YOLOConcatDataset,
+    build_grounding,
+    build_yolo_dataset,
+    check_det_dataset,
+    unwrap_model,
+    world_set_classes_callback,
+)
 from yw_ext.vocab import pad_prompts
 
 
@@ -51,15 +61,31 @@ def class_criterion(model: torch.nn.Module, num_classes: int):
 
     The head reports ``K * G`` prompt channels but the model's own forward returns ``K`` class scores (max over each
     class's ``G`` prompts); Ultralytics' loss reads the head's ``nc`` once, when it is built, so it is built while the
-    head reports ``K``.
+    head reports ``K`` (the model's ``_head_prompts`` context, which restores the installed count).
+
+    Examples:
+        >>> model.criterion = class_criterion(model, len(model.names))  # doctest: +SKIP
     """
-    head = model.model[-1]
-    saved = head.nc
-    head.nc = num_classes
-    try:
+    with model._head_prompts(num_classes):
         return model.init_criterion()
-    finally:
-        head.nc = saved
+
+
+def replace_callbacks(trainer: Any, event: str, remove: Iterable[Callable] = (), add: Iterable[Callable] = ()) -> None:
+    """Remove exactly the callbacks ``remove`` (by identity) from ``event``, then add each of ``add`` once.
+
+    The one place yw_ext trainers edit their callback lists: Ultralytics' ``BaseTrainer`` offers ``add_callback``
+    and ``set_callback`` (which would drop every other callback, e.g. integrations'), not removal.
+
+    Examples:
+        >>> replace_callbacks(trainer, "on_pretrain_routine_end", remove=[world_set_classes_callback])  # doctest: +SKIP
+    """
+    hooks = trainer.callbacks[event]
+    for fn in remove:
+        while fn in hooks:
+            hooks.remove(fn)
+    for fn in add:
+        if fn not in hooks:
+            trainer.add_callback(event, fn)
 
 
 def set_ema_vocabulary(trainer: YWTrainer) -> None:
@@ -67,15 +93,20 @@ def set_ema_vocabulary(trainer: YWTrainer) -> None:
 
     Names are the dataset's display names, prompts its class texts (all synonyms; score = max over them). The EMA
     model is what validation runs and what best.pt / last.pt hold, so the checkpoints keep this vocabulary.
+
+    Examples:
+        >>> trainer.add_callback("on_pretrain_routine_end", set_ema_vocabulary)  # doctest: +SKIP
     """
     trainer.set_vocabulary(trainer.ema.ema)
 
 
-class YWTrainer(WorldTrainerFromScratch):
+class YWTrainer(DetectionTrainer):
     """Fine-tuning trainer building ``YWDetectionModel`` and encoding class texts with yw_ext's CLIP + cache.
 
     Attributes:
-        text_embeddings (dict[str, torch.Tensor]): Text -> embedding for every training text (upstream's attribute).
+        fixed_vocabulary (bool): Class attribute. False here: training samples class texts per image and the EMA model
+            gets the dataset vocabulary. True in subclasses whose model scores the dataset's classes itself.
+        text_embeddings (dict[str, torch.Tensor]): Text -> embedding for every training text (Ultralytics' attribute).
         text_encoder_id (str | None): Identity of the encoder that made them.
         training_data (dict | None): Per detection dataset of a mixed run, its checked dataset dict; None otherwise.
 
@@ -85,15 +116,23 @@ class YWTrainer(WorldTrainerFromScratch):
         >>> trainer.train()  # doctest: +SKIP
     """
 
+    fixed_vocabulary = False
+
     def __init__(self, cfg=None, overrides: dict | None = None, _callbacks: dict | None = None):
         """Initialize like Ultralytics' trainers; the dataset, its class texts and grounding data are checked here."""
-        from ultralytics.utils import DEFAULT_CFG
-
+        if (overrides or {}).get("compile"):
+            raise ValueError("yw_ext training needs compile=False (text embeddings vary per batch), as Ultralytics' "
+                             "YOLO-World trainers.")
         self.training_data = None
+        self.text_embeddings: dict | None = None
         self._text_index: dict[str, int] = {}
         self._text_matrix: torch.Tensor | None = None
         self.text_encoder_id: str | None = None
         super().__init__(DEFAULT_CFG if cfg is None else cfg, overrides, _callbacks)
+        ema_vocabulary = () if self.fixed_vocabulary else (set_ema_vocabulary,)
+        # upstream's callback would set names only (no synonyms), with its own encoder call
+        replace_callbacks(self, "on_pretrain_routine_end", remove=(world_set_classes_callback, set_ema_vocabulary),
+                          add=ema_vocabulary)
 
     # ----------------------------------------------------------------------------------------------------- model
     def get_model(self, cfg=None, weights=None, verbose: bool = True) -> YWDetectionModel:
@@ -119,16 +158,23 @@ class YWTrainer(WorldTrainerFromScratch):
         )
         if weights:
             model.load(weights)
-        hooks = self.callbacks["on_pretrain_routine_end"]
-        if _upstream_set_classes in hooks:  # upstream's would set names only (no synonyms), with its own encoder call
-            hooks.remove(_upstream_set_classes)
-        if set_ema_vocabulary not in hooks:
-            self.add_callback("on_pretrain_routine_end", set_ema_vocabulary)
         return model
 
     def get_validator(self) -> YWValidator:
         """Return a ``YWValidator`` (a DetectionValidator that understands yw_ext vocabularies)."""
         return YWValidator(self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks)
+
+    def set_model_attributes(self) -> None:
+        """Ultralytics' (names, nc, args); with a fixed vocabulary: args and the K-class loss (names are the model's:
+        the head keeps its K * G prompt channels)."""
+        if not self.fixed_vocabulary:
+            return super().set_model_attributes()
+        model = unwrap_model(self.model)
+        model.args = self.args
+        model.criterion = class_criterion(model, len(model.names))
+
+    def set_class_weights(self) -> None:
+        """No class weights: score channels are prompt positions, not dataset classes (as Ultralytics' WorldTrainer)."""
 
     # ----------------------------------------------------------------------------------------------------- data
     def get_dataset(self) -> dict:
@@ -143,7 +189,7 @@ class YWTrainer(WorldTrainerFromScratch):
         if not is_mixed(data):
             check_dataset_available(data, splits=("train", "val"))
             self.training_data = None
-            out = DetectionTrainer.get_dataset(self)
+            out = super().get_dataset()
             if self.args.single_cls:
                 out["class_texts"] = [[out["names"][0]]]
             class_texts(out)
@@ -154,7 +200,7 @@ class YWTrainer(WorldTrainerFromScratch):
         for g in ("train", "val"):
             if data[g].get("grounding_data") is not None:
                 data[g]["grounding_data"] = normalize_grounding(data[g]["grounding_data"])
-        out = WorldTrainerFromScratch.get_dataset(self)
+        out, self.training_data = resolve_mixed_data(data, self.args.single_cls)
         for entry in out["train"]:
             if isinstance(entry, dict):
                 n = check_grounding(entry["img_path"], entry["json_file"])
@@ -168,6 +214,8 @@ class YWTrainer(WorldTrainerFromScratch):
     def build_dataset(self, img_path, mode: str = "train", batch: int | None = None):
         """Build the training dataset (class texts; detection and grounding mixed) or the validation dataset.
 
+        With a fixed vocabulary both are plain detection datasets (labels are the dataset's class indices).
+
         Args:
             img_path: Training/validation image path(s); for a mixed run, the list of detection paths and grounding
                 dicts.
@@ -175,7 +223,7 @@ class YWTrainer(WorldTrainerFromScratch):
             batch: Batch size (for ``rect``).
         """
         gs = max(int(unwrap_model(self.model).stride.max() if self.model else 0), 32)
-        if mode != "train":
+        if mode != "train" or self.fixed_vocabulary:
             return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val", stride=gs)
         if self.training_data:
             datasets = [
@@ -194,14 +242,14 @@ class YWTrainer(WorldTrainerFromScratch):
     def plot_training_labels(self) -> None:
         """Plot label statistics for detection data (skipped for mixed detection + grounding data, as upstream)."""
         if not self.training_data:
-            DetectionTrainer.plot_training_labels(self)
+            super().plot_training_labels()
 
     def final_eval(self):
         """Validate best.pt on the (first) validation dataset."""
         if is_mixed(self.args.data):
             self.validator.args.data = val_data(self.args.data)
             self.validator.args.split = "val"
-        return DetectionTrainer.final_eval(self)
+        return super().final_eval()
 
     # ----------------------------------------------------------------------------------------------------- texts
     def encode(self, texts: list[str], model: torch.nn.Module | None = None) -> torch.Tensor:
@@ -253,10 +301,13 @@ class YWTrainer(WorldTrainerFromScratch):
             model.criterion = class_criterion(model, len(names))
 
     def preprocess_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Move and normalise the images; add the batch's text embeddings ``(B, T, D)`` as ``batch["txt_feats"]``."""
-        batch = DetectionTrainer.preprocess_batch(self, batch)
-        texts = batch["texts"]
-        idx = [self._text_index[t] for t in itertools.chain.from_iterable(texts)]
-        m = self._text_matrix
-        batch["txt_feats"] = m[torch.tensor(idx, device=m.device)].reshape(len(texts), -1, m.shape[-1])
+        """Ultralytics' (images to the device, in ``[0, 1]``), plus the batch's text embeddings ``(B, T, D)`` as
+        ``batch["txt_feats"]`` (none with a fixed vocabulary: the model scores its own classes)."""
+        batch = super().preprocess_batch(batch)
+        batch.pop("txt_feats", None)
+        if not self.fixed_vocabulary:
+            texts = batch["texts"]
+            idx = [self._text_index[t] for t in itertools.chain.from_iterable(texts)]
+            m = self._text_matrix  # (N, D)
+            batch["txt_feats"] = m[torch.tensor(idx, device=m.device)].reshape(len(texts), -1, m.shape[-1])  # (B, T, D)
         return batch

@@ -108,7 +108,7 @@ def load_model_cfg(
         d = deepcopy(cfg)
         name_scale = None
     else:
-        from ultralytics.utils import YAML
+        from yw_ext.seam import YAML
 
         s = str(cfg)
         if Path(s).suffix.lower() not in {".yaml", ".yml"}:
@@ -116,7 +116,7 @@ def load_model_cfg(
         try:
             path, name_scale = resolve_yaml(s)
         except FileNotFoundError:
-            from ultralytics.nn.tasks import yaml_model_load  # an Ultralytics YAML such as yolov8s-worldv2.yaml
+            from yw_ext.seam import yaml_model_load  # an Ultralytics YAML such as yolov8s-worldv2.yaml
 
             d = yaml_model_load(s)
             name_scale = d.get("scale") or None
@@ -128,7 +128,7 @@ def load_model_cfg(
     if scales:
         if chosen is None:
             chosen = next(iter(scales))
-            from ultralytics.utils import LOGGER
+            from yw_ext.seam import LOGGER
 
             LOGGER.warning(f"yw_ext: no model scale given, assuming scale='{chosen}' (pass scale=... or name it).")
         if chosen not in scales:

@@ -38,10 +38,19 @@ import mmap
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ultralytics.nn.modules import C2fAttn, ImagePoolingAttn, WorldDetect
-from ultralytics.nn.modules.block import BNContrastiveHead, Bottleneck, ContrastiveHead, MaxSigmoidAttnBlock
-from ultralytics.nn.modules.conv import Conv
-from ultralytics.nn.modules.head import Detect
+from yw_ext.seam import (
+    BNContrastiveHead,
+    Bottleneck,
+    C2fAttn,
+    ContrastiveHead,
+    Conv,
+    Detect,
+    ImagePoolingAttn,
+    MaxSigmoidAttnBlock,
+    WorldDetect,
+    decode_boxes,
+    detect_inference,
+)
 
 DEFAULT_CHUNK = 128
 """Most prompts whose similarity maps ``RepMaxSigmoidAttn`` computes at once before updating its running max."""
@@ -543,7 +552,7 @@ class RepWorldDetect(Detect):
             _classify_into(branch[-1], f, scores[:, :, a : a + n], y[:, 4:, a : a + n])
             a += n
         preds = {"boxes": boxes, "scores": scores, "feats": x}
-        y[:, :4] = self._get_decode_boxes(preds)  # (B, 4, A)
+        y[:, :4] = decode_boxes(self, preds)  # (B, 4, A)
         return y, preds
 
     def _inference(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -560,8 +569,8 @@ class RepWorldDetect(Detect):
             or torch.compiler.is_compiling()
             or (torch.is_grad_enabled() and s.requires_grad)
         ):
-            return super()._inference(x)  # traceable / differentiable path
-        dbox = self._get_decode_boxes(x)  # (B, 4, A)
+            return detect_inference(self, x)  # Detect's traceable / differentiable path
+        dbox = decode_boxes(self, x)  # (B, 4, A)
         y = _empty_output((s.shape[0], 4 + s.shape[1], s.shape[2]), dbox)  # (B, 4 + P, A)
         y[:, :4] = dbox
         torch.sigmoid(s, out=y[:, 4:])

@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ultralytics.utils import LOGGER
+from yw_ext.core.log import LOGGER
 
 from yw_ext.text.clip import _as_text_list
 

@@ -3,10 +3,15 @@
 
 The image tower is the one of the local CLIP that also gives the text embeddings (``yw_ext.text.load_clip``: an
 OpenAI ``ViT-B-32.pt`` file or a full Hugging Face ``CLIPModel`` folder; a text-only folder has no image tower and
-gives a clear error). Images go through CLIP's own evaluation transform, built by ``open_clip``
-(``open_clip.transform.image_transform(image_size, is_train=False)``), which is the transform of the ``clip``
-package: resize the shortest side to 224 (bicubic, antialiased, PIL), center crop 224 x 224, RGB, ``ToTensor``,
-normalise with CLIP's mean ``(0.48145466, 0.4578275, 0.40821073)`` and std ``(0.26862954, 0.26130258, 0.27577711)``.
+gives a clear error). Images go through CLIP's own evaluation transform (that of the ``clip`` package and of
+``open_clip.transform.image_transform(image_size, is_train=False)``): resize the shortest side to 224 (bicubic,
+antialiased, PIL), center crop 224 x 224, RGB, to ``[0, 1]``, normalise with CLIP's mean
+``(0.48145466, 0.4578275, 0.40821073)`` and std ``(0.26862954, 0.26130258, 0.27577711)``.
+
+One crop pipeline serves exemplars at use and image-prompt training (``train(mode="image_prompt")``): ``clip_crops``
+turns an image tensor and pixel boxes into CLIP inputs (the box's pixels as ``pixel_box`` selects them, then the
+transform above, with PIL's resampling), and ``CLIPImageEncoder.encode_crops`` encodes them. So a box gives the same
+embedding whether it is cut from an augmented training batch or passed to ``set_classes(images={...})``.
 
 Exemplars (what ``set_classes(..., images={...})`` accepts per class, one item or a list of them):
 
@@ -54,7 +59,9 @@ __all__ = (
     "CLIPImageEncoder",
     "image_encoder",
     "load_image",
+    "pixel_box",
     "crop_box",
+    "clip_crops",
     "parse_exemplars",
     "load_exemplars",
     "average_embeddings",
@@ -98,16 +105,10 @@ def _describe(image: Any) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 def _pil_open(path: Path):
     """``PIL.Image.open`` without Ultralytics' patch, which on an unidentified file tries to install ``pi-heif``
-    (a network access, or an ImportError offline) instead of reporting the file; falls back to ``Image.open``."""
-    from PIL import Image
+    (a network access, or an ImportError offline) instead of reporting the file (``yw_ext.seam.pil_image_open``)."""
+    from yw_ext.seam import pil_image_open
 
-    try:
-        from ultralytics.utils import patches
-
-        opener = getattr(patches, "_image_open", None) or Image.open
-    except ImportError:  # pragma: no cover - ultralytics is a dependency
-        opener = Image.open
-    return opener(path)
+    return pil_image_open()(path)
 
 
 def load_image(image: Any, cls: Optional[str] = None, idx: Optional[int] = None):
@@ -223,10 +224,89 @@ def crop_box(image: Any, box: Any, margin: float = 0.0, cls: Optional[str] = Non
         raise ValueError(f"{p}box {[x1, y1, x2, y2]} is outside the image {_describe(image)} of size {w}x{h} "
                          "(boxes are pixel xyxy in the original image, 0 <= x1 < x2 <= width, 0 <= y1 < y2 <= height)")
     bw, bh = x2 - x1, y2 - y1
-    x1, x2 = x1 - margin * bw, x2 + margin * bw
-    y1, y2 = y1 - margin * bh, y2 + margin * bh
-    c = (max(0, math.floor(x1)), max(0, math.floor(y1)), min(w, math.ceil(x2)), min(h, math.ceil(y2)))
-    return img.crop(c)  # (left, upper, right, lower), right/lower exclusive
+    return img.crop(pixel_box(x1 - margin * bw, y1 - margin * bh, x2 + margin * bw, y2 + margin * bh, w, h))
+
+
+def pixel_box(x1: float, y1: float, x2: float, y2: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """The pixels a box takes: ``(left, top, right, bottom)``, right / bottom exclusive, clipped to the image.
+
+    Columns ``floor(x1) .. ceil(x2) - 1`` and rows ``floor(y1) .. ceil(y2) - 1``: every pixel the box touches. Both
+    exemplar crops (``crop_box``) and training crops (``clip_crops``) select pixels with this function.
+
+    Examples:
+        >>> pixel_box(10.2, 5.0, 20.5, 30.0, 640, 480)
+        (10, 5, 21, 30)
+        >>> pixel_box(-3.0, 0.0, 700.0, 480.0, 640, 480)  # clipped to the image
+        (0, 0, 640, 480)
+    """
+    return max(0, math.floor(x1)), max(0, math.floor(y1)), min(width, math.ceil(x2)), min(height, math.ceil(y2))
+
+
+def _clip_geometry(crop: Any, size: int) -> np.ndarray:
+    """CLIP's geometry on a PIL RGB image: shortest side to ``size`` (PIL bicubic, antialiased), center crop.
+
+    These are the ``Resize(size, BICUBIC)`` and ``CenterCrop(size)`` stages of CLIP's evaluation transform, on PIL
+    as there (PIL resamples in two separable uint8 passes, which no torch kernel reproduces exactly).
+
+    Returns:
+        (np.ndarray): ``(size, size, 3)`` uint8 RGB.
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    resized = TF.resize(crop, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return np.asarray(TF.center_crop(resized, size))  # (S, S, 3)
+
+
+def clip_crops(images: torch.Tensor, rois: torch.Tensor, size: int = 224, mean: Any = None,
+               std: Any = None) -> torch.Tensor:
+    """Cut pixel boxes out of image tensors and make them CLIP inputs, exactly as CLIP preprocesses an image.
+
+    For each box: its pixels (``pixel_box``: every pixel the box touches, clipped to the image), then CLIP's
+    evaluation transform: shortest side resized to ``size`` with PIL's antialiased bicubic filter, center crop
+    ``size x size``, scaled to ``[0, 1]``, normalised with ``mean`` / ``std``. The result is bitwise what CLIP's own
+    transform gives for the same crop, so exemplars at use (``CLIPImageEncoder.preprocess``) and the crops of
+    image-prompt training (cut from augmented batches) share geometry and resampling.
+
+    Args:
+        images: ``(B, 3, H, W)`` or ``(3, H, W)`` RGB, uint8 (``0..255``) or float in ``[0, 1]`` (rounded to the
+            nearest uint8 level, as training batches are uint8 images divided by 255). Any device.
+        rois: ``(M, 5)`` ``[image, x1, y1, x2, y2]`` or ``(M, 4)`` ``[x1, y1, x2, y2]`` (image 0), pixels.
+        size: CLIP's input side S (224 for ViT-B/32).
+        mean: Per-channel mean (default CLIP's).
+        std: Per-channel std (default CLIP's).
+
+    Returns:
+        (torch.Tensor): ``(M, 3, S, S)`` float32 on CPU.
+
+    Examples:
+        >>> img = torch.randint(0, 256, (1, 3, 480, 640), dtype=torch.uint8)
+        >>> clip_crops(img, torch.tensor([[0.0, 10, 20, 300, 200]])).shape
+        torch.Size([1, 3, 224, 224])
+    """
+    from PIL import Image
+
+    if mean is None or std is None:
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        mean, std = OPENAI_DATASET_MEAN if mean is None else mean, OPENAI_DATASET_STD if std is None else std
+    x = images.detach()
+    x = x[None] if x.dim() == 3 else x  # (B, 3, H, W)
+    if x.is_floating_point():
+        x = (x.float() * 255).round_().clamp_(0, 255)
+    x = x.to("cpu", torch.uint8).permute(0, 2, 3, 1)  # (B, H, W, 3)
+    r = rois.detach().cpu().double().reshape(-1, rois.shape[-1])  # float64: the box as Python floats, as crop_box
+    if r.shape[1] == 4:
+        r = torch.cat((torch.zeros(len(r), 1, dtype=r.dtype), r), 1)  # (M, 5)
+    h, w = x.shape[1:3]
+    out = np.empty((len(r), size, size, 3), np.uint8)  # (M, S, S, 3)
+    for i, (b, x1, y1, x2, y2) in enumerate(r.tolist()):
+        left, top, right, bottom = pixel_box(x1, y1, x2, y2, w, h)
+        out[i] = _clip_geometry(Image.fromarray(x[int(b), top:bottom, left:right].numpy()), size)
+    t = torch.from_numpy(out).permute(0, 3, 1, 2).float().div(255)  # (M, 3, S, S), as ToTensor
+    m = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    sd = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (t - m) / sd
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -373,7 +453,6 @@ class CLIPImageEncoder:
         clip: The ``CLIPTextEncoder`` whose ``.model.visual`` is used.
         dim (int): Embedding width D (same as the text tower's).
         image_size (int): Input resolution (224 for ViT-B/32).
-        transform: ``open_clip`` evaluation transform (PIL RGB -> normalised ``(3, S, S)`` tensor).
 
     Examples:
         >>> from yw_ext.text import load_clip
@@ -388,15 +467,12 @@ class CLIPImageEncoder:
         Raises:
             ValueError: ``clip`` has no image tower (text-only weights).
         """
-        from open_clip.transform import image_transform
-
         if not getattr(clip, "has_vision", False):
             raise ValueError(_NO_VISION.format(src=getattr(clip, "source", type(clip).__name__)))
         self.clip = clip
         self.dim = int(clip.dim)
         size = getattr(clip.model.visual, "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        self.transform = image_transform(self.image_size, is_train=False)  # CLIP's: resize, center crop, normalise
         self._identity = None
 
     @property
@@ -423,18 +499,50 @@ class CLIPImageEncoder:
         return self._identity
 
     def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
-        """Load and transform images into a CLIP input batch.
+        """Load images and make them a CLIP input batch (``clip_crops`` of each whole image).
 
         Args:
-            images: Paths, BGR ndarrays or PIL images.
+            images: Paths, BGR ndarrays or PIL images (crops already cut, e.g. by ``crop_box``).
 
         Returns:
             (torch.Tensor): ``(N, 3, S, S)`` float32 on CPU.
+
+        Examples:
+            >>> ienc.preprocess(["bus.jpg"]).shape  # doctest: +SKIP
+            torch.Size([1, 3, 224, 224])
         """
-        return torch.stack([self.transform(load_image(im, None, i)) for i, im in enumerate(images)])
+        out = []
+        for i, im in enumerate(images):
+            rgb = torch.from_numpy(np.array(load_image(im, None, i))).permute(2, 0, 1)  # (3, H, W) uint8
+            whole = torch.tensor([[0.0, 0.0, rgb.shape[2], rgb.shape[1]]])  # (1, 4) xyxy
+            out.append(clip_crops(rgb, whole, self.image_size))  # (1, 3, S, S)
+        return torch.cat(out) if out else torch.zeros(0, 3, self.image_size, self.image_size)
+
+    def encode_crops(self, crops: torch.Tensor, batch: int = 32) -> torch.Tensor:
+        """L2-normalised embeddings of CLIP inputs (``clip_crops`` / ``preprocess`` output), without gradients.
+
+        Args:
+            crops: ``(N, 3, S, S)`` normalised CLIP inputs, any device.
+            batch: Crops per forward pass.
+
+        Returns:
+            (torch.Tensor): ``(N, D)`` float32 on the encoder's device.
+
+        Examples:
+            >>> ienc.encode_crops(clip_crops(img, boxes, ienc.image_size)).shape  # doctest: +SKIP
+            torch.Size([3, 512])
+        """
+        visual = self.clip.model.visual
+        p = next(visual.parameters())
+        out = [torch.zeros(0, self.dim, device=p.device)]
+        with torch.no_grad():  # not inference_mode: training feeds these into the adapter's autograd graph
+            for i in range(0, len(crops), batch):
+                x = crops[i: i + batch].to(p.device, p.dtype)  # (B, 3, S, S)
+                out.append(F.normalize(visual(x).float(), dim=-1))  # (B, D)
+        return torch.cat(out)  # (N, D)
 
     def encode_images(self, images: Union[Any, Sequence[Any]], batch: int = 32, cache: Any = False) -> torch.Tensor:
-        """L2-normalised CLIP image embeddings, batched, under ``torch.inference_mode()``.
+        """L2-normalised CLIP image embeddings, batched, without gradients (``preprocess`` + ``encode_crops``).
 
         Args:
             images: One image or a list: paths, BGR uint8 ndarrays (cv2 convention) or PIL images. Crop boxes
@@ -467,13 +575,8 @@ class CLIPImageEncoder:
             rgb = [load_image(im, None, i) for i, im in enumerate(images)]
             by_key = {image_key(im): im for im in rgb}
             return encode_texts(_KeyedImages(self, by_key), [image_key(im) for im in rgb], cache=cache, batch=batch)
-        visual = self.clip.model.visual
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(images), batch):
-                x = self.preprocess(images[i: i + batch]).to(self.device)  # (B, 3, S, S)
-                out.append(F.normalize(visual(x).float(), dim=-1))  # (B, D)
-        return torch.cat(out)  # (N, D)
+        return torch.cat([self.encode_crops(self.preprocess(images[i: i + batch]), batch)
+                          for i in range(0, len(images), batch)])  # (N, D)
 
     def __call__(self, images, batch: int = 32) -> torch.Tensor:
         """Alias of ``encode_images``."""
