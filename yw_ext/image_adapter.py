@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from yw_ext.core.io import atomic_write
 from yw_ext.nn.adapter import ADAPTER_KEYS, ResidualAdapter, adapter_from_state, adapter_state
 
 ADAPTER_FORMAT = "yw_ext.image_adapter/1"
@@ -77,8 +78,6 @@ def write_adapter_file(
         >>> write_adapter_file("adapter.npz", ResidualAdapter(512), image_encoder_id="openai-clip-image:...")  # doctest: +SKIP
         PosixPath('adapter.npz')
     """
-    from yw_ext.prompts import _atomic_write
-
     state = adapter_state(adapter) if isinstance(adapter, torch.nn.Module) else dict(adapter)
     try:
         adapter_from_state(state)  # every tensor present, shaped for one width, finite
@@ -89,7 +88,7 @@ def write_adapter_file(
     strings = dict(zip(_STRINGS, (image_encoder_id, text_encoder_id, detector, detector_sha256)))
     arrays.update({k: np.array(str(v or "")) for k, v in strings.items()})
     arrays["meta"] = np.array(json.dumps(meta or {}, default=str))
-    return _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+    return atomic_write(Path(path), lambda f: np.savez(f, **arrays))
 
 
 def read_adapter_file(path: str | Path) -> dict[str, Any]:

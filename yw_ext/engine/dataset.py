@@ -16,7 +16,7 @@ Training samples one prompt per class per image plus negative classes (Ultralyti
 official ``MultiModalDataset`` does); validation uses every prompt of every class (score = max over prompts).
 
 Examples:
-    >>> from ultralytics.data.utils import check_det_dataset
+    >>> from yw_ext.seam import check_det_dataset
     >>> data = check_det_dataset("coco128-texts.yaml")  # doctest: +SKIP
     >>> class_texts(data)[:2]  # doctest: +SKIP
     [['person', 'human'], ['bicycle', 'bike']]
@@ -31,8 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ultralytics.data.dataset import YOLOMultiModalDataset
-from ultralytics.utils import colorstr
+from yw_ext.seam import YOLOMultiModalDataset, colorstr
 
 TEXT_JSON_KEY = "text_json"
 
@@ -200,7 +199,7 @@ def build_yw_dataset(cfg: Any, img_path: str | list[str], batch: int, data: dict
     Examples:
         >>> ds = build_yw_dataset(trainer.args, data["train"], 16, data, stride=32)  # doctest: +SKIP
     """
-    from ultralytics.data.utils import get_split_fraction
+    from yw_ext.seam import get_split_fraction
 
     class_texts(data)
     return YWMultiModalDataset(
@@ -237,7 +236,7 @@ def download_urls(download: Any) -> list[str]:
     text = str(download or "")
     urls = []
     if "ASSETS_URL" in text:  # Ultralytics' scripts name their label archives as ASSETS_URL + "/file.zip"
-        from ultralytics.utils import ASSETS_URL
+        from yw_ext.seam import ASSETS_URL
 
         urls += [ASSETS_URL + m for m in _ASSETS.findall(text)]
     return list(dict.fromkeys(urls + _URL.findall(text)))
@@ -267,8 +266,7 @@ def check_dataset_available(data: Any, splits: tuple[str, ...] = ("train", "val"
     s = str(data)
     if "://" in s or Path(s).suffix.lower() not in {".yaml", ".yml"}:
         return
-    from ultralytics.utils import DATASETS_DIR, YAML
-    from ultralytics.utils.checks import check_yaml
+    from yw_ext.seam import DATASETS_DIR, YAML, check_yaml
 
     try:
         file = Path(check_yaml(s, hard=True))

@@ -4,14 +4,16 @@
 A frozen CLIP image tower encodes exemplar crops; a small residual MLP (``yw_ext.nn.adapter.ResidualAdapter``,
 ``A(u) = n(u + MLP(u))``, the only trainable tensors) maps them into the detector's text space; the detector is
 frozen (bitwise, as in prompt tuning: see ``yw_ext.engine.prompt_trainer``) and the detection loss trains the adapter.
+The model (``ImagePrompts``, ``ImagePromptModel``) lives in ``yw_ext.nn.image_prompt_model``.
 
 Each training step, for each image of the batch and each class present in it:
 
 - one ground-truth box of that class is picked at random (``sample_prompt_boxes``), its width and height scaled by
   one factor drawn from ``U(0.8, 1.5)`` about its centre and clipped to the image;
-- the crop is cut from the (augmented) training image and brought to CLIP's input size (224 for ViT-B/32) with the
-  geometry of CLIP's own preprocessing, which inference uses too: the central square of the box, resized
-  (``crop_for_clip``, ``torchvision.ops.roi_align``), normalised with CLIP's mean and std;
+- the crop is cut from the (augmented, uint8) training image and made a CLIP input by ``yw_ext.text.image.clip_crops``,
+  the pipeline exemplars go through at use (``set_classes(images=...)``): the box's pixels, CLIP's own preprocessing
+  (shortest side to 224 with PIL's antialiased bicubic filter, center crop, CLIP's mean and std), then encoded by
+  ``CLIPImageEncoder.encode_crops``;
 - its CLIP embedding goes through the adapter and replaces that class's text embedding for that image (all G prompt
   slots of the class); classes absent from the image keep their text embeddings.
 
@@ -39,23 +41,20 @@ Examples:
 
 from __future__ import annotations
 
-import datetime
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torchvision.ops import roi_align
-from ultralytics.utils import LOGGER
-from ultralytics.utils.torch_utils import unwrap_model
 
-from yw_ext.engine.prompt_trainer import PromptTuningModel, YWPromptTrainer, adapter_param_groups, make_optimizer
+from yw_ext.engine.prompt_trainer import YWPromptTrainer, adapter_param_groups, make_optimizer
 from yw_ext.image_adapter import install_adapter, read_adapter_file, write_adapter_file
-from yw_ext.nn.adapter import ResidualAdapter, adapter_state, load_adapter_state
+from yw_ext.nn.image_prompt_model import IMAGE_SOURCE, TEXT_SOURCE, ImagePromptModel, ImagePrompts
 from yw_ext.nn.model import YWDetectionModel
 from yw_ext.prompts import apply_prompts, write_prompt_file
+from yw_ext.seam import LOGGER, unwrap_model
+from yw_ext.text.image import clip_crops
 
 DEFAULT_CROPS = 32
 """Training crops per class that make a class's validation prompt (the official evaluation uses 32)."""
@@ -66,7 +65,8 @@ JITTER = (0.8, 1.5)
 MIN_BOX = 2.0
 """Boxes narrower or lower than this many pixels (after clipping) are not used as prompts."""
 
-IMAGE_SOURCE, TEXT_SOURCE = "image", "text"
+crop_for_clip = clip_crops
+"""Former name of ``yw_ext.text.image.clip_crops`` (the one crop pipeline of training and inference)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -81,7 +81,7 @@ def sample_prompt_boxes(
     jitter: tuple[float, float] = JITTER,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One random ground-truth box per (image, class) present, scale-jittered, clipped, as its central square.
+    """One random ground-truth box per (image, class) present, scale-jittered about its centre, clipped to the image.
 
     Args:
         batch_idx: ``(N,)`` image index of each box.
@@ -93,9 +93,10 @@ def sample_prompt_boxes(
         generator: Random generator (CPU) for reproducible picks.
 
     Returns:
-        (tuple[torch.Tensor, torch.Tensor]): ``rois (M, 5)`` float ``[image, x1, y1, x2, y2]`` in pixels (the central
-        square of the jittered, clipped box, the region CLIP's preprocessing keeps), and ``slots (M, 2)`` long
-        ``[image, class]``; both on CPU, one row per (image, class) pair, sorted by image then class.
+        (tuple[torch.Tensor, torch.Tensor]): ``rois (M, 5)`` float ``[image, x1, y1, x2, y2]`` in pixels (the
+        jittered, clipped box; ``clip_crops`` then takes CLIP's center crop of it, as for any exemplar box), and
+        ``slots (M, 2)`` long ``[image, class]``; both on CPU, one row per (image, class) pair, sorted by image then
+        class. Boxes under ``MIN_BOX`` pixels wide or high are dropped.
 
     Examples:
         >>> rois, slots = sample_prompt_boxes(torch.tensor([0, 0, 1]), torch.tensor([2, 2, 0]),
@@ -125,41 +126,10 @@ def sample_prompt_boxes(
     bw, bh = xywh[pick, 2] * w * s, xywh[pick, 3] * h * s  # (M,)
     x1, x2 = (cx - bw / 2).clamp(0, w), (cx + bw / 2).clamp(0, w)
     y1, y2 = (cy - bh / 2).clamp(0, h), (cy + bh / 2).clamp(0, h)
-    side = torch.minimum(x2 - x1, y2 - y1)  # central square, as CLIP's resize-shortest-side + center crop
-    mx, my = (x1 + x2) / 2, (y1 + y2) / 2
-    rois = torch.stack((b[pick].float(), mx - side / 2, my - side / 2, mx + side / 2, my + side / 2), 1)  # (M, 5)
+    rois = torch.stack((b[pick].float(), x1, y1, x2, y2), 1)  # (M, 5)
     slots = torch.stack((b[pick], c[pick]), 1)  # (M, 2)
-    ok = side >= MIN_BOX
+    ok = torch.minimum(x2 - x1, y2 - y1) >= MIN_BOX
     return rois[ok], slots[ok]
-
-
-def crop_for_clip(images: torch.Tensor, rois: torch.Tensor, size: int, mean: Any, std: Any) -> torch.Tensor:
-    """Cut boxes out of a batch and resize them to CLIP's input, normalised (``torchvision.ops.roi_align``).
-
-    ``roi_align`` with ``aligned=True`` treats pixel ``i`` as covering ``[i, i + 1)``, so a box ``[x1, y1, x2, y2]``
-    in pixel coordinates maps onto exactly those pixels, and its adaptive sampling averages
-    ``ceil(box / size)`` samples per output pixel in each direction (an area filter when shrinking).
-
-    Args:
-        images: ``(B, 3, H, W)`` RGB in ``[0, 1]``.
-        rois: ``(M, 5)`` ``[image, x1, y1, x2, y2]`` in pixels.
-        size: Output side S.
-        mean: CLIP's per-channel mean (3 numbers).
-        std: CLIP's per-channel std (3 numbers).
-
-    Returns:
-        (torch.Tensor): ``(M, 3, S, S)`` normalised crops, float32, on the images' device.
-
-    Examples:
-        >>> crop_for_clip(torch.rand(1, 3, 64, 64), torch.tensor([[0.0, 0, 0, 32, 32]]), 8, [0.5] * 3, [0.5] * 3).shape
-        torch.Size([1, 3, 8, 8])
-    """
-    x = images.float()
-    crops = roi_align(x, rois.to(x.device, torch.float32), output_size=(size, size), spatial_scale=1.0,
-                      sampling_ratio=-1, aligned=True)  # (M, 3, S, S)
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    sd = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    return (crops - m) / sd
 
 
 def reference_crops(labels: list[dict], names: list[str], n: int = DEFAULT_CROPS, seed: int = 0) -> dict:
@@ -196,153 +166,6 @@ def reference_crops(labels: list[dict], names: list[str], n: int = DEFAULT_CROPS
         idx = sorted(rng.choice(len(boxes), size=min(n, len(boxes)), replace=False).tolist())
         out[names[c]] = [boxes[i] for i in idx]
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The model trained in image_prompt mode
-# ----------------------------------------------------------------------------------------------------------------------
-class ImagePrompts(nn.Module):
-    """Class embeddings of image-prompt training: adapted CLIP image embeddings where there are exemplars, else text.
-
-    Args:
-        text: ``(K * G, D)`` text embeddings of the K classes (G prompts each).
-        prompts_per_class: G.
-
-    Attributes:
-        adapter (ResidualAdapter): The trainable projector.
-        text, ref_feats, ref_cls: Non-persistent buffers: the text embeddings, the CLIP embeddings ``(R, D)`` of the
-            reference crops that make the vocabulary (``set_references``) and their class ids ``(R,)``.
-
-    Examples:
-        >>> p = ImagePrompts(torch.nn.functional.normalize(torch.randn(3, 8), dim=-1), 1)
-        >>> p.set_references(torch.randn(4, 8), torch.tensor([0, 0, 2, 2]))
-        >>> p().shape  # (K * G, D): classes 0 and 2 from images, class 1 from text
-        torch.Size([3, 8])
-        >>> list(p.state_dict())  # only the adapter is state
-        ['adapter.0.weight', 'adapter.0.bias', 'adapter.2.weight', 'adapter.2.bias']
-    """
-
-    def __init__(self, text: torch.Tensor, prompts_per_class: int = 1):
-        """Keep the text embeddings and build a fresh (identity) adapter."""
-        super().__init__()
-        if text.dim() != 2 or text.shape[0] % prompts_per_class:
-            raise ValueError(f"text embeddings must be (K * G, D) with G={prompts_per_class}, got {tuple(text.shape)}.")
-        d = text.shape[1]
-        self.g = int(prompts_per_class)
-        self.register_buffer("text", text.detach().float().clone(), persistent=False)  # (K * G, D)
-        self.register_buffer("ref_feats", torch.zeros(0, d), persistent=False)  # (R, D)
-        self.register_buffer("ref_cls", torch.zeros(0, dtype=torch.long), persistent=False)  # (R,)
-        self.adapter = ResidualAdapter(d)
-
-    @property
-    def num_classes(self) -> int:
-        """K."""
-        return self.text.shape[0] // self.g
-
-    def set_references(self, feats: torch.Tensor, cls: torch.Tensor) -> None:
-        """Install the CLIP embeddings ``(R, D)`` of the reference crops and their class ids ``(R,)``."""
-        if feats.dim() != 2 or feats.shape[0] != cls.numel() or feats.shape[1] != self.text.shape[1]:
-            raise ValueError(f"reference features {tuple(feats.shape)} do not fit {cls.numel()} class ids of "
-                             f"{self.text.shape[1]}-d embeddings.")
-        self.ref_feats = nn.functional.normalize(feats.detach().float(), dim=-1).to(self.text.device)  # (R, D)
-        self.ref_cls = cls.detach().long().view(-1).to(self.text.device)  # (R,)
-
-    def has_images(self) -> torch.Tensor:
-        """``(K,)`` bool: classes whose vocabulary embedding comes from reference crops."""
-        return torch.bincount(self.ref_cls.cpu(), minlength=self.num_classes)[: self.num_classes] > 0
-
-    def forward(self) -> torch.Tensor:
-        """The vocabulary ``(K * G, D)``: ``n(mean_j A(u_j))`` per class with reference crops, text otherwise."""
-        k, g, d = self.num_classes, self.g, self.text.shape[1]
-        out = self.text.view(k, g, d)  # (K, G, D)
-        if self.ref_cls.numel() == 0:
-            return self.text
-        a = self.adapter(self.ref_feats.to(self.text.dtype)).to(self.text.dtype)  # (R, D), unit norm (autocast)
-        sums = torch.zeros(k, d, dtype=a.dtype, device=a.device).index_add(0, self.ref_cls, a)  # (K, D)
-        counts = torch.bincount(self.ref_cls, minlength=k)[:k]  # (K,)
-        img = nn.functional.normalize(sums, dim=-1)  # (K, D): n(mean) = n(sum)
-        out = torch.where((counts > 0).view(k, 1, 1), img.view(k, 1, d).expand(k, g, d), out)  # (K, G, D)
-        return out.reshape(k * g, d)  # (K * G, D)
-
-    def batch_embeddings(self, feats: torch.Tensor | None, slots: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """Per-image embeddings ``(B, K * G, D)``: text, with each (image, class) slot replaced by ``A(feats)``.
-
-        Args:
-            feats: ``(M, D)`` CLIP embeddings of this batch's crops (None or empty: text only).
-            slots: ``(M, 2)`` ``[image, class]`` of each crop.
-            batch: B.
-        """
-        k, g, d = self.num_classes, self.g, self.text.shape[1]
-        out = self.text.view(1, k, g, d).expand(batch, k, g, d)  # (B, K, G, D)
-        if feats is not None and feats.numel():
-            a = self.adapter(feats.to(self.text.dtype)).to(self.text.dtype)  # (M, D); fp16 under autocast
-            bi, ci = slots[:, 0].to(a.device), slots[:, 1].to(a.device)
-            out = out.index_put((bi, ci), a.view(-1, 1, d).expand(-1, g, d))  # (B, K, G, D), new tensor
-        return out.reshape(batch, k * g, d)  # (B, K * G, D)
-
-    def adapter_state(self) -> dict[str, np.ndarray]:
-        """The adapter's tensors keyed ``adapter.0.weight`` ... (the file layout)."""
-        return adapter_state(self.adapter)
-
-    def load_adapter_state(self, state: dict[str, Any]) -> None:
-        """Load adapter tensors keyed ``adapter.0.weight`` ... (checked)."""
-        load_adapter_state(self.adapter, state)
-
-
-class ImagePromptModel(PromptTuningModel):
-    """A frozen ``YWDetectionModel`` whose training vocabulary mixes adapted image prompts and text (``ImagePrompts``).
-
-    Training (``loss``) uses per-image embeddings: each class present in an image gets the adapted CLIP embedding of
-    one of its boxes in that image (``batch["prompt_feats"]`` / ``batch["prompt_slots"]``, made by the trainer);
-    evaluation uses ``prompt()``, the vocabulary built from the reference crops.
-
-    Examples:
-        >>> det = YWDetectionModel("yw-v2-n.yaml", verbose=False)
-        >>> m = ImagePromptModel.from_detector(det, torch.randn(2, 512), ["cat", "dog"])
-        >>> [n for n, p in m.named_parameters() if p.requires_grad][:1]
-        ['prompt.adapter.0.weight']
-    """
-
-    prompt: ImagePrompts
-
-    @classmethod
-    def make_prompt(cls, embeddings: torch.Tensor, num_classes: int, prompts_per_class: int, adapter: bool) -> nn.Module:
-        """``ImagePrompts`` over the text embeddings (the adapter is always there; ``adapter`` is ignored)."""
-        return ImagePrompts(nn.functional.normalize(embeddings.float(), dim=-1), prompts_per_class)
-
-    def loss(self, batch: dict, preds: Any = None):
-        """Detection loss; without ``preds``, a forward with the batch's per-image image-prompt embeddings."""
-        if preds is None:
-            tf = self.prompt.batch_embeddings(batch.get("prompt_feats"), batch.get("prompt_slots"),
-                                              batch["img"].shape[0])  # (B, K * G, D)
-            with self._backbone_no_grad():
-                preds = YWDetectionModel.predict(self, batch["img"], txt_feats=tf)
-            if self.prompts_per_class > 1:
-                preds = self._max_over_prompts(preds)
-        return super().loss(batch, preds)
-
-    def vocab_sources(self) -> list[str]:
-        """``"image"`` for classes whose vocabulary embedding comes from reference crops, else ``"text"``."""
-        return [IMAGE_SOURCE if h else TEXT_SOURCE for h in self.prompt.has_images().tolist()]
-
-    @torch.no_grad()
-    def sync_vocabulary(self) -> None:
-        """Copy the current vocabulary into ``txt_feats`` and record each class's source (image or text)."""
-        super().sync_vocabulary()
-        self.class_sources = self.vocab_sources()
-
-    @torch.no_grad()
-    def prompt_arrays(self) -> dict[str, Any]:
-        """The vocabulary ``(K * G, D)`` and the adapter arrays."""
-        return {"embeddings": self.prompt().detach().float().cpu(), "raw_embeddings": None,
-                "adapter": self.prompt.adapter_state()}  # fmt: skip
-
-    def to_detector(self) -> YWDetectionModel:
-        """A plain ``YWDetectionModel`` copy with the current vocabulary and the adapter installed."""
-        det = super().to_detector()
-        install_adapter(det, {"adapter": self.prompt.adapter_state(), "dim": self.embed_dim,
-                              "image_encoder_id": getattr(self, "image_encoder_id", None)})  # fmt: skip
-        return det
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -456,29 +279,25 @@ class YWImagePromptTrainer(YWPromptTrainer):
         ids = torch.tensor(cls, dtype=torch.long)  # (R,)
         for m in (model, self.ema.ema):
             m.prompt.set_references(feats, ids)
-            m.image_encoder_id = self.image_encoder.identity
-            m.sync_vocabulary()
+            m.sync_vocabulary(image_encoder_id=self.image_encoder.identity)
 
     def preprocess_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Images to the device, then one jittered crop per (image, class) present, encoded by the frozen CLIP."""
-        batch = super().preprocess_batch(batch)
+        """One jittered crop per (image, class) present, cut from the uint8 images, then Ultralytics' preprocessing,
+        then the crops encoded by the frozen CLIP (``batch["prompt_feats"] (M, D)``, ``batch["prompt_slots"] (M, 2)``).
+
+        The crops go through ``clip_crops`` and ``CLIPImageEncoder.encode_crops``, as exemplars at use do.
+        """
         if self.image_encoder is None:  # before set-up (e.g. Ultralytics' plotting): nothing to encode yet
-            return batch
-        img = batch["img"]
+            return super().preprocess_batch(batch)
+        img = batch["img"]  # (B, 3, H, W) uint8, as the dataloader gives it
         rois, slots = sample_prompt_boxes(batch["batch_idx"], batch["cls"], batch["bboxes"],
                                           unwrap_model(self.model).prompt.num_classes, tuple(img.shape[2:]),
                                           self.jitter, self._generator)  # fmt: skip
-        ienc = self.image_encoder
-        if rois.shape[0]:
-            from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
-            x = crop_for_clip(img, rois, ienc.image_size, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)  # (M, 3, S, S)
-            p = next(ienc.clip.model.visual.parameters())
-            with torch.no_grad():
-                feats = nn.functional.normalize(ienc.clip.model.visual(x.to(p.device, p.dtype)).float(), dim=-1)
-        else:
-            feats = torch.zeros(0, unwrap_model(self.model).embed_dim, device=img.device)
-        batch["prompt_feats"], batch["prompt_slots"] = feats.to(img.device), slots.to(img.device)
+        crops = clip_crops(img, rois, self.image_encoder.image_size)  # (M, 3, S, S)
+        batch = super().preprocess_batch(batch)
+        device = batch["img"].device
+        batch["prompt_feats"] = self.image_encoder.encode_crops(crops).to(device)  # (M, D)
+        batch["prompt_slots"] = slots.to(device)  # (M, 2)
         return batch
 
     def build_optimizer(self, model, name: str = "auto", lr: float = 0.001, momentum: float = 0.9, decay: float = 1e-5,
@@ -493,23 +312,10 @@ class YWImagePromptTrainer(YWPromptTrainer):
 
     def write_prompts(self, path: Path, model: ImagePromptModel | None = None) -> Path:
         """Write ``model``'s (default: the EMA model's) adapter to ``path`` and its vocabulary beside it."""
-        import ultralytics
-
-        import yw_ext
-
         model = model or (self.ema.ema if self.ema else unwrap_model(self.model))
         arrays = model.prompt_arrays()
-        meta = {
-            "mode": self.mode_name, "crops": self.crops, "jitter": list(self.jitter),
-            "references": {k: len(v) for k, v in self.references.items()},
-            "epoch": int(self.epoch) + 1 if getattr(self, "epoch", None) is not None else None,
-            "fitness": None if self.fitness is None else float(self.fitness),
-            "best_fitness": None if self.best_fitness is None else float(self.best_fitness),
-            "data": str(self.args.data), "imgsz": self.args.imgsz,
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "yw_ext": getattr(yw_ext, "__version__", ""), "ultralytics": ultralytics.__version__,
-            "torch": torch.__version__,
-        }  # fmt: skip
+        meta = {"mode": self.mode_name, "crops": self.crops, "jitter": list(self.jitter),
+                "references": {k: len(v) for k, v in self.references.items()}, **self.run_meta()}  # fmt: skip
         ienc_id = self.image_encoder.identity if self.image_encoder is not None else None
         write_prompt_file(
             self.prompt_file(path), list(model.names.values()), arrays["embeddings"], model.prompts_per_class,
@@ -556,11 +362,10 @@ def image_prompt_val_exemplars(data: dict, names: list[str], n: int = DEFAULT_CR
     The split's labels are read by Ultralytics' ``YOLODataset`` (its label cache and checks).
 
     Examples:
-        >>> from ultralytics.data.utils import check_det_dataset
+        >>> from yw_ext.seam import check_det_dataset
         >>> refs = image_prompt_val_exemplars(check_det_dataset("coco128.yaml"), names, n=32)  # doctest: +SKIP
     """
-    from ultralytics.cfg import get_cfg
-    from ultralytics.data import build_yolo_dataset
+    from yw_ext.seam import build_yolo_dataset, get_cfg
 
     cfg = get_cfg(overrides={"imgsz": imgsz, "task": "detect", "mode": "val"})
     ds = build_yolo_dataset(cfg, data["train"], 1, data, mode="val")
@@ -569,10 +374,13 @@ def image_prompt_val_exemplars(data: dict, names: list[str], n: int = DEFAULT_CR
 
 __all__ = (
     "DEFAULT_CROPS",
+    "IMAGE_SOURCE",
     "JITTER",
-    "ImagePromptModel",
+    "TEXT_SOURCE",
+    "ImagePromptModel",  # re-exported from yw_ext.nn.image_prompt_model (pickles and old imports name it here)
     "ImagePrompts",
     "YWImagePromptTrainer",
+    "clip_crops",
     "crop_for_clip",
     "image_prompt_val_exemplars",
     "reference_crops",

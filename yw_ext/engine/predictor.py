@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ultralytics.models.yolo.detect import DetectionPredictor
+from yw_ext.seam import DetectionPredictor
 
 
 class YWPredictor(DetectionPredictor):

@@ -9,10 +9,11 @@ that names the detector it was tuned with (path and SHA-256 of its tensors), not
 
 How the detector stays bitwise frozen through Ultralytics' trainer:
 
-- the trainer trains a ``PromptTuningModel``: a deep copy of the detector (class switched, tensors identical) with
-  the prompts as the submodule ``prompt``; every detector parameter has ``requires_grad=False`` and
-  ``args.freeze`` names every detector layer, so ``BaseTrainer._setup_train`` (which re-enables gradients on
-  non-frozen parameters) leaves them frozen and its ``_model_train`` keeps their BatchNorm in eval;
+- the trainer trains a ``PromptTuningModel`` (``yw_ext.nn.prompt_model``): a copy of the detector (built from its
+  YAML, tensors loaded bitwise) with the prompts as the submodule ``prompt``; every detector parameter has
+  ``requires_grad=False`` and ``args.freeze`` names every detector layer, so ``BaseTrainer._setup_train`` (which
+  re-enables gradients on non-frozen parameters) leaves them frozen and its ``_model_train`` keeps their BatchNorm in
+  eval;
 - ``PromptTuningModel.train()`` keeps every detector module in eval mode (BatchNorm uses and never updates its
   running statistics); only the head's ``training`` flag follows ``mode``, which selects raw predictions for the
   loss and changes no tensor;
@@ -49,206 +50,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from ultralytics.data import build_yolo_dataset
-from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.nn.modules import C2fAttn, ImagePoolingAttn, WorldDetect
-from ultralytics.utils import LOGGER, RANK
-from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 from yw_ext.engine.dataset import class_texts, display_names
 from yw_ext.engine.grounding import is_mixed
-from yw_ext.engine.trainer import YWTrainer, class_criterion, set_ema_vocabulary
+from yw_ext.engine.trainer import YWTrainer
 from yw_ext.nn.model import YWDetectionModel
-from yw_ext.prompts import (
-    PromptEmbeddings,
-    apply_prompts,
-    atomic_torch_save,
-    detector_hash,
-    read_prompt_file,
-    write_prompt_file,
-)
+from yw_ext.nn.prompt_model import PROMPT_SOURCE, PromptTuningModel
+from yw_ext.prompts import apply_prompts, atomic_torch_save, detector_hash, read_prompt_file, write_prompt_file
+from yw_ext.seam import LOGGER, RANK, ULTRALYTICS_VERSION, ModelEMA, check_is_pytorch_model, unwrap_model
 from yw_ext.vocab import check_embeddings, pad_prompts
 
 INITS = ("text", "image", "vocabulary", "random")
 DEFAULT_LR = 2e-3  # the official prompt-tuning base_lr (AdamW)
-PROMPT_SOURCE = "prompt"  # class_sources value of tuned embeddings
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The model trained in prompt mode
-# ----------------------------------------------------------------------------------------------------------------------
-class PromptTuningModel(YWDetectionModel):
-    """A frozen ``YWDetectionModel`` whose class embeddings come from a learnable ``PromptEmbeddings`` (``prompt``).
-
-    Build it with ``from_detector`` (a deep copy: the given detector is never modified). Its forward, loss and
-    validation use ``prompt()`` as the vocabulary (``(K * G, D)``, scores reduced to K classes by the max over each
-    class's G prompts); ``txt_feats`` is only refreshed by ``sync_vocabulary``.
-
-    Attributes:
-        prompt (PromptEmbeddings): The learnable embeddings (and adapter).
-
-    Examples:
-        >>> det = YWDetectionModel("yw-v2-n.yaml", verbose=False)
-        >>> m = PromptTuningModel.from_detector(det, torch.randn(2, 512), ["cat", "dog"])
-        >>> [n for n, p in m.named_parameters() if p.requires_grad]
-        ['prompt.embeddings']
-        >>> y = m.eval()(torch.zeros(1, 3, 64, 64))[0]  # (B, 4 + K, anchors)
-        >>> tuple(y.shape)
-        (1, 6, 84)
-    """
-
-    prompt: PromptEmbeddings
-
-    @classmethod
-    def from_detector(
-        cls,
-        detector: YWDetectionModel,
-        embeddings: torch.Tensor,
-        names: list[str],
-        prompts_per_class: int = 1,
-        adapter: bool = False,
-        adapter_state: dict | None = None,
-        class_prompts: list[list[str]] | None = None,
-        encoder_id: str | None = None,
-    ) -> PromptTuningModel:
-        """A frozen copy of ``detector`` with learnable class embeddings.
-
-        Args:
-            detector: The trained detector (copied, not modified).
-            embeddings: Initial embeddings ``(K * G, D)``.
-            names: K class names.
-            prompts_per_class: G.
-            adapter: Add the residual MLP adapter.
-            adapter_state: Adapter tensors to start from (``adapter.0.weight`` ...).
-            class_prompts: Each class's text prompts (recorded in the vocabulary).
-            encoder_id: Identity of the text encoder whose space the embeddings live in.
-
-        Raises:
-            TypeError: ``detector`` is not a ``YWDetectionModel``.
-            ValueError: the detector is re-parameterised, or the embeddings do not fit it.
-        """
-        if isinstance(detector, PromptTuningModel):
-            detector = detector.to_detector()
-        if not isinstance(detector, YWDetectionModel):
-            raise TypeError(f"prompt tuning needs a yw_ext YWDetectionModel, got {type(detector).__name__}.")
-        if getattr(detector, "folded", False):
-            raise ValueError(
-                "this model is re-parameterised (its vocabulary is folded into its weights): it has no text path for "
-                "prompts. Prompt-tune the unfolded model, then reparameterize() with the tuned vocabulary."
-            )
-        k, g = len(names), int(prompts_per_class)
-        if embeddings.dim() != 2 or embeddings.shape != (k * g, detector.embed_dim):
-            raise ValueError(f"initial embeddings must be ({k * g}, {detector.embed_dim}) for {k} classes x {g} "
-                             f"prompts, got {tuple(embeddings.shape)}.")
-        model = deepcopy(detector)  # the caller's detector is never touched
-        model.__class__ = cls  # same tensors, same modules: only the vocabulary handling below changes
-        model.requires_grad_(False)
-        model.prompt = cls.make_prompt(embeddings.to(next(detector.parameters()).device), k, g, adapter)
-        if adapter_state is not None:
-            model.prompt.load_adapter_state(adapter_state)
-        model.criterion = None
-        model.set_vocabulary(names, embeddings.detach().cpu().float(), g, class_prompts, encoder_id,
-                             [PROMPT_SOURCE] * k)
-        model.sync_vocabulary()
-        model.train(False)
-        return model
-
-    @classmethod
-    def make_prompt(cls, embeddings: torch.Tensor, num_classes: int, prompts_per_class: int, adapter: bool) -> nn.Module:
-        """The trainable prompt module (here ``PromptEmbeddings``) for initial embeddings ``(K * G, D)``."""
-        return PromptEmbeddings(embeddings, adapter=adapter)
-
-    # ----------------------------------------------------------------------------------------------------- modes
-    def train(self, mode: bool = True) -> PromptTuningModel:
-        """Keep the detector in eval mode (BatchNorm frozen) whatever ``mode``; the prompts follow ``mode``.
-
-        The head's own ``training`` flag follows ``mode`` (raw predictions for the loss vs decoded boxes); it selects
-        an output format and changes no tensor. Its submodules (convolutions, BatchNorm) stay in eval mode.
-        """
-        super().train(False)  # nn.Module.train: every submodule in eval mode
-        self.training = mode
-        head = self.model[-1]
-        head.training = mode
-        self.prompt.train(mode)
-        return self
-
-    def _first_text_layer(self) -> int | None:
-        """Index of the first layer that consumes the class embeddings (everything before it is text-free)."""
-        for i, m in enumerate(self.model):
-            if isinstance(m, (C2fAttn, ImagePoolingAttn, WorldDetect)):
-                return i
-        return None
-
-    @contextlib.contextmanager
-    def _backbone_no_grad(self):
-        """Run the layers before the first text-consuming layer under ``torch.no_grad``; restore the mode after."""
-        first = self._first_text_layer()
-        state = torch.is_grad_enabled()
-        if not state or not first:
-            yield
-            return
-
-        def off(module, args):  # a pre-hook must return None (a value would replace the layer's input)
-            torch.set_grad_enabled(False)
-
-        def on(module, args):
-            torch.set_grad_enabled(state)
-
-        handles = [self.model[0].register_forward_pre_hook(off), self.model[first].register_forward_pre_hook(on)]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-            torch.set_grad_enabled(state)
-
-    # ---------------------------------------------------------------------------------------------------- forward
-    def predict(self, x: torch.Tensor, profile: bool = False, augment: bool = False, embed: list | None = None,
-                txt_feats: torch.Tensor | None = None, visualize: bool = False):
-        """As ``YWDetectionModel.predict``, with ``prompt()`` as the vocabulary when no ``txt_feats`` are given.
-
-        Returns:
-            As the parent, with scores reduced to K classes (max over each class's G prompts).
-        """
-        if txt_feats is not None:
-            return super().predict(x, profile, augment, embed, txt_feats, visualize)
-        tf = self.prompt()  # (K * G, D)
-        with self._backbone_no_grad():
-            out = super().predict(x, profile, augment, embed, tf, visualize)
-        if embed or self.prompts_per_class == 1:
-            return out
-        return self._max_over_prompts(out)
-
-    # ------------------------------------------------------------------------------------------------- vocabulary
-    @torch.no_grad()
-    def sync_vocabulary(self) -> None:
-        """Copy the current ``prompt()`` output into ``txt_feats`` (the vocabulary other code reads)."""
-        self.txt_feats = self.prompt().detach().float().cpu()[None]  # (1, K * G, D)
-
-    def detector_state_dict(self) -> dict[str, torch.Tensor]:
-        """The detector's parameters and buffers (the state dict without ``prompt.*``)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("prompt.")}
-
-    @torch.no_grad()
-    def prompt_arrays(self) -> dict[str, Any]:
-        """What a prompt file stores of the prompts: ``embeddings`` / ``raw_embeddings`` ``(K * G, D)``, ``adapter``."""
-        return {
-            "embeddings": self.prompt().detach().float().cpu(),
-            "raw_embeddings": self.prompt.embeddings.detach().float().cpu(),
-            "adapter": self.prompt.adapter_state(),
-        }
-
-    def to_detector(self) -> YWDetectionModel:
-        """A plain ``YWDetectionModel`` copy (detector tensors identical) with the current prompts as its vocabulary."""
-        arrays = self.prompt_arrays()
-        det = deepcopy(self)
-        del det.prompt
-        det.__class__ = YWDetectionModel
-        det.criterion = None
-        det.train(False)
-        det.set_vocabulary(list(self.names.values()), arrays["embeddings"], self.prompts_per_class, self.class_prompts,
-                           self.text_encoder_id, self.class_sources, getattr(self, "image_encoder_id", None))
-        return det
 
 
 class PromptEMA(ModelEMA):
@@ -353,6 +166,40 @@ def _check_init(init: Any) -> Any:
     )
 
 
+def _embeddings_from_vocabulary(src: YWDetectionModel, init: str, names: list[str]) -> tuple:
+    """``init="image"`` / ``"vocabulary"``: the model's current vocabulary, matched to ``names`` by class name.
+
+    Raises:
+        ValueError: no vocabulary set, a dataset class missing from it, or (``"image"``) a class without an
+            image-prompt embedding.
+    """
+    what = "image-prompt embeddings" if init == "image" else "vocabulary"
+    if not getattr(src, "vocab_set", False):
+        raise ValueError(
+            f"init='{init}' starts from the model's current {what}, but the model has no vocabulary set. "
+            + ("Set image prompts first: model.set_classes(names, images={name: [exemplars]}) for every dataset "
+               "class." if init == "image" else "Set one first (set_classes / load_prompts), or use init='text'.")
+        )
+    have = [str(n) for n in dict(src.names).values()]
+    k, gm, d = len(names), int(src.prompts_per_class), src.embed_dim
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise ValueError(f"init='{init}': the model's vocabulary has no class {missing[0]!r} "
+                         f"({len(missing)} of the dataset's {k} classes are missing); its classes are {have[:10]}.")
+    idx = [have.index(n) for n in names]
+    if init == "image":
+        sources = list(src.class_sources or ["embedding"] * len(have))
+        no_image = [n for n, i in zip(names, idx) if "image" not in sources[i]]
+        if no_image:
+            raise ValueError(
+                f"init='image': class {no_image[0]!r} (and {len(no_image) - 1} more) has no image-prompt embedding "
+                f"(its source is {sources[have.index(no_image[0])]!r}). Give every dataset class exemplars with "
+                "model.set_classes(names, images=...), or use init='vocabulary' / 'text'."
+            )
+    emb = src.txt_feats.detach().float().cpu()[0].view(len(have), gm, d)[idx]  # (K, G, D), the dataset's order
+    return emb.reshape(k * gm, d), gm, src.text_encoder_id, None  # (K * G, D)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Trainer
 # ----------------------------------------------------------------------------------------------------------------------
@@ -360,7 +207,8 @@ class YWPromptTrainer(YWTrainer):
     """Prompt-tuning trainer: Ultralytics' training loop with only the class embeddings (and adapter) trainable.
 
     Extra arguments (taken out of ``overrides`` before Ultralytics checks them): ``init`` (default ``"text"``) and
-    ``adapter`` (default False); see the module docstring.
+    ``adapter`` (default False); see the module docstring. A fixed-vocabulary trainer (``YWTrainer.fixed_vocabulary``):
+    every image sees the dataset's K classes, whose embeddings are the learnable ones; the EMA copy carries them.
 
     Attributes:
         prompt_init: The resolved ``init``.
@@ -379,6 +227,7 @@ class YWPromptTrainer(YWTrainer):
     tunes_prompts = True  # YOLOWorld.train hands this trainer to yw_ext.engine.prompt_trainer.train_prompts
     mode_name = "prompt"  # the mode= value, for messages
     model_class = PromptTuningModel
+    fixed_vocabulary = True  # plain detection data, no per-image texts, no vocabulary set on the EMA copy
 
     def __init__(self, cfg=None, overrides: dict | None = None, _callbacks: dict | None = None):
         """Take ``init`` / ``adapter`` out of the overrides, set prompt-tuning defaults, then initialise as usual."""
@@ -411,22 +260,6 @@ class YWPromptTrainer(YWTrainer):
             raise ValueError(f"mode='{self.mode_name}' trains on one device; multi-GPU (DDP) is not supported.")
         self.last, self.best = self.wdir / "last_prompts.npz", self.wdir / "best_prompts.npz"
 
-    # ------------------------------------------------------------------------------------------------------- data
-    def build_dataset(self, img_path, mode: str = "train", batch: int | None = None):
-        """Plain detection datasets: every image sees the full K-class vocabulary (the learnable embeddings)."""
-        gs = max(int(unwrap_model(self.model).stride.max() if self.model else 0), 32)
-        return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val", stride=gs)
-
-    def preprocess_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Images to the device; no per-image texts (the model takes its embeddings from ``prompt()``)."""
-        batch = DetectionTrainer.preprocess_batch(self, batch)
-        batch.pop("txt_feats", None)
-        return batch
-
-    def plot_training_labels(self) -> None:
-        """Plot label statistics of the detection data."""
-        DetectionTrainer.plot_training_labels(self)
-
     # ------------------------------------------------------------------------------------------------------ model
     def initial_embeddings(self, src: YWDetectionModel) -> tuple[torch.Tensor, int, str | None, dict | None]:
         """Initial embeddings for the dataset's classes from ``init``.
@@ -437,61 +270,42 @@ class YWPromptTrainer(YWTrainer):
         Raises:
             ValueError: ``init="image"`` / ``"vocabulary"`` without a matching vocabulary on the model; a file of the
                 wrong class count / width / names, or with NaN.
+
+        Examples:
+            >>> emb, g, encoder_id, adapter = trainer.initial_embeddings(detector)  # doctest: +SKIP
         """
         names, prompts = display_names(self.data), class_texts(self.data)
         if self.args.single_cls:
             names, prompts = names[:1], prompts[:1]
-        k, d = len(names), src.embed_dim
         init = self.prompt_init
         self.init_info = {"init": str(init)}
         if isinstance(init, Path):
-            if init.suffix.lower() == ".npy":
-                emb, g = check_embeddings(init, k, d)
-                return emb, g, None, None
-            p = read_prompt_file(init)
-            if p["dim"] != d:
-                raise ValueError(f"init='{init}' holds {p['dim']}-d embeddings but this model expects {d}-d.")
-            if p["names"] != names:
-                raise ValueError(f"init='{init}' holds classes {p['names'][:5]}... ({len(p['names'])}), not the "
-                                 f"dataset's {names[:5]}... ({k}); a prompt file initialises the same classes in the "
-                                 "same order.")
-            if self.prompt_adapter and p["adapter"] is not None:
-                return p["raw_embeddings"], p["prompts_per_class"], p["text_encoder_id"], p["adapter"]
-            return p["embeddings"], p["prompts_per_class"], p["text_encoder_id"], None
+            return self._embeddings_from_file(init, names, src.embed_dim)
         if init == "text":
             flat, g = pad_prompts(prompts)
             emb, encoder_id = src.encode_text(flat)
             return emb.float().cpu(), g, encoder_id, None
         if init == "random":
             gen = torch.Generator().manual_seed(int(self.args.seed))
-            emb = nn.functional.normalize(torch.randn(k, d, generator=gen), dim=-1)  # (K, D), as officially
+            emb = nn.functional.normalize(torch.randn(len(names), src.embed_dim, generator=gen), dim=-1)  # (K, D)
             return emb, 1, None, None
-        # "image" / "vocabulary": the model's current vocabulary, matched by class name
-        what = "image-prompt embeddings" if init == "image" else "vocabulary"
-        if not getattr(src, "vocab_set", False):
-            raise ValueError(
-                f"init='{init}' starts from the model's current {what}, but the model has no vocabulary set. "
-                + ("Set image prompts first: model.set_classes(names, images={name: [exemplars]}) for every dataset "
-                   "class." if init == "image" else "Set one first (set_classes / load_prompts), or use init='text'.")
-            )
-        have = [str(n) for n in dict(src.names).values()]
-        gm = int(src.prompts_per_class)
-        missing = [n for n in names if n not in have]
-        if missing:
-            raise ValueError(f"init='{init}': the model's vocabulary has no class {missing[0]!r} "
-                             f"({len(missing)} of the dataset's {k} classes are missing); its classes are {have[:10]}.")
-        idx = [have.index(n) for n in names]
-        if init == "image":
-            sources = list(getattr(src, "class_sources", None) or ["embedding"] * len(have))
-            no_image = [n for n, i in zip(names, idx) if "image" not in sources[i]]
-            if no_image:
-                raise ValueError(
-                    f"init='image': class {no_image[0]!r} (and {len(no_image) - 1} more) has no image-prompt embedding "
-                    f"(its source is {sources[have.index(no_image[0])]!r}). Give every dataset class exemplars with "
-                    "model.set_classes(names, images=...), or use init='vocabulary' / 'text'."
-                )
-        emb = src.txt_feats.detach().float().cpu()[0].view(len(have), gm, d)[idx].reshape(k * gm, d)
-        return emb, gm, src.text_encoder_id, None
+        return _embeddings_from_vocabulary(src, init, names)
+
+    def _embeddings_from_file(self, path: Path, names: list[str], d: int) -> tuple:
+        """``init=`` a ``.npy`` ``(K, D)`` / ``(K, G, D)`` array or a prompt file (its adapter too with ``adapter``)."""
+        if path.suffix.lower() == ".npy":
+            emb, g = check_embeddings(path, len(names), d)
+            return emb, g, None, None
+        p = read_prompt_file(path)
+        if p["dim"] != d:
+            raise ValueError(f"init='{path}' holds {p['dim']}-d embeddings but this model expects {d}-d.")
+        if p["names"] != names:
+            raise ValueError(f"init='{path}' holds classes {p['names'][:5]}... ({len(p['names'])}), not the "
+                             f"dataset's {names[:5]}... ({len(names)}); a prompt file initialises the same classes in "
+                             "the same order.")
+        if self.prompt_adapter and p["adapter"] is not None:
+            return p["raw_embeddings"], p["prompts_per_class"], p["text_encoder_id"], p["adapter"]
+        return p["embeddings"], p["prompts_per_class"], p["text_encoder_id"], None
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True) -> PromptTuningModel:
         """A ``PromptTuningModel``: a frozen copy of ``weights`` with learnable embeddings for the dataset's classes.
@@ -526,19 +340,7 @@ class YWPromptTrainer(YWTrainer):
         m = str(self.args.model)
         if Path(m).suffix.lower() in {".pt", ".pth"} and Path(m).is_file():
             self.detector_path = str(Path(m).resolve())
-        hooks = self.callbacks["on_pretrain_routine_end"]
-        for h in [h for h in hooks if h is set_ema_vocabulary or getattr(h, "__module__", "").startswith(
-                "ultralytics.models.yolo.world")]:  # fmt: skip
-            hooks.remove(h)  # the EMA copy carries the prompts: no text vocabulary is set on it
         return model
-
-    def set_model_attributes(self) -> None:
-        """Names, args and the K-class loss (the head reports K * G prompt channels, the model returns K)."""
-        model = unwrap_model(self.model)
-        names = display_names(self.data) if not self.args.single_cls else [self.data["names"][0]]
-        model.names = dict(enumerate(names))
-        model.args = self.args
-        model.criterion = class_criterion(model, len(model.names))
 
     def _setup_train(self) -> None:
         """Ultralytics' set-up with every detector layer frozen; then the prompt-only EMA; then a frozen-ness check."""
@@ -590,17 +392,16 @@ class YWPromptTrainer(YWTrainer):
         self.detector_path = str(path.resolve())
         self._detector_written = True
 
-    def write_prompts(self, path: Path, model: PromptTuningModel | None = None) -> Path:
-        """Write ``model``'s (default: the EMA model's) prompts as a prompt file naming the frozen detector."""
-        import ultralytics
+    def run_meta(self) -> dict[str, Any]:
+        """What a written file records of the run: epoch, fitness, data, image size, date, versions.
 
+        Examples:
+            >>> sorted(trainer.run_meta())[:3]  # doctest: +SKIP
+            ['best_fitness', 'data', 'date']
+        """
         import yw_ext
 
-        model = model or (self.ema.ema if self.ema else unwrap_model(self.model))
-        arrays = model.prompt_arrays()
-        meta = {
-            **self.init_info,
-            "adapter": self.prompt_adapter,
+        return {
             "epoch": int(self.epoch) + 1 if getattr(self, "epoch", None) is not None else None,
             "fitness": None if self.fitness is None else float(self.fitness),
             "best_fitness": None if self.best_fitness is None else float(self.best_fitness),
@@ -608,9 +409,15 @@ class YWPromptTrainer(YWTrainer):
             "imgsz": self.args.imgsz,
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "yw_ext": getattr(yw_ext, "__version__", ""),
-            "ultralytics": ultralytics.__version__,
+            "ultralytics": ULTRALYTICS_VERSION,
             "torch": torch.__version__,
         }
+
+    def write_prompts(self, path: Path, model: PromptTuningModel | None = None) -> Path:
+        """Write ``model``'s (default: the EMA model's) prompts as a prompt file naming the frozen detector."""
+        model = model or (self.ema.ema if self.ema else unwrap_model(self.model))
+        arrays = model.prompt_arrays()
+        meta = {**self.init_info, "adapter": self.prompt_adapter, **self.run_meta()}
         return write_prompt_file(
             path, list(model.names.values()), arrays["embeddings"], model.prompts_per_class,
             class_prompts=model.class_prompts, class_sources=[PROMPT_SOURCE] * len(model.names),
@@ -724,10 +531,9 @@ def train_prompts(yolo: Any, trainer: type = YWPromptTrainer, **kwargs: Any):
         >>> model.vocabulary[:2]  # doctest: +SKIP
         ['person', 'bicycle']
     """
-    from ultralytics.cfg import TASK2DATA
-    from ultralytics.utils import DEFAULT_CFG_DICT, YAML, checks
+    from yw_ext.seam import DEFAULT_CFG_DICT, TASK2DATA, YAML, checks
 
-    yolo._check_is_pytorch_model()
+    check_is_pytorch_model(yolo)
     overrides = YAML.load(checks.check_yaml(kwargs["cfg"])) if kwargs.get("cfg") else yolo.overrides
     data = (overrides.get("data") if kwargs.get("cfg") else None) or DEFAULT_CFG_DICT["data"] or TASK2DATA["detect"]
     custom = {"data": data, "model": yolo.overrides["model"], "task": "detect"}  # as Ultralytics' Model.train
@@ -739,3 +545,16 @@ def train_prompts(yolo: Any, trainer: type = YWPromptTrainer, **kwargs: Any):
         t.apply_result(yolo)
         yolo.metrics = getattr(t.validator, "metrics", None)
     return yolo.metrics
+
+
+__all__ = (
+    "DEFAULT_LR",
+    "INITS",
+    "PROMPT_SOURCE",
+    "PromptEMA",
+    "PromptTuningModel",  # re-exported from yw_ext.nn.prompt_model (pickles and old imports name it here)
+    "YWPromptTrainer",
+    "adapter_param_groups",
+    "make_optimizer",
+    "train_prompts",
+)

@@ -18,26 +18,27 @@ Examples:
 from __future__ import annotations
 
 from copy import deepcopy
-from typing import Any
-
-from ultralytics.data import build_yolo_dataset
-from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.utils.torch_utils import unwrap_model
 
 from yw_ext.engine.dataset import display_names
 from yw_ext.engine.grounding import is_mixed
-from yw_ext.engine.trainer import YWTrainer, class_criterion, set_ema_vocabulary
+from yw_ext.engine.trainer import YWTrainer
 from yw_ext.nn.model import YWDetectionModel
+from yw_ext.seam import unwrap_model
 
 
 class YWRepTrainer(YWTrainer):
     """Trainer for a re-parameterised (vocabulary-folded) model on a closed-set detection dataset.
+
+    A fixed-vocabulary trainer (``fixed_vocabulary = True``): plain detection datasets, no per-image texts, nothing
+    set on the EMA model (the vocabulary is in the weights), the K-class loss.
 
     Examples:
         >>> from yw_ext.engine.modes import get_trainer
         >>> get_trainer("rep").__name__
         'YWRepTrainer'
     """
+
+    fixed_vocabulary = True
 
     def get_dataset(self) -> dict:
         """Check the detection dataset; grounding data needs an open vocabulary, so it is refused here."""
@@ -68,32 +69,7 @@ class YWRepTrainer(YWTrainer):
             model = super().get_model(cfg, weights, verbose)
             self.set_vocabulary(model)  # encoded with the new model's text encoder, before folding
             model.reparameterize()
-        hooks = self.callbacks["on_pretrain_routine_end"]
-        if set_ema_vocabulary in hooks:  # the vocabulary is in the weights: nothing to set on the EMA
-            hooks.remove(set_ema_vocabulary)
         for p in model.parameters():
             p.requires_grad_(True)
         model.criterion = None
         return model
-
-    def set_model_attributes(self) -> None:
-        """Attach names and args (not the dataset's ``nc``: the head keeps its prompt count); build the K-class loss."""
-        model = unwrap_model(self.model)
-        model.names = dict(enumerate(display_names(self.data))) if not self.args.single_cls else self.data["names"]
-        model.args = self.args
-        model.criterion = class_criterion(model, len(model.names))
-
-    def build_dataset(self, img_path, mode: str = "train", batch: int | None = None):
-        """Plain detection datasets (the vocabulary is fixed: labels are the dataset's class indices)."""
-        gs = max(int(unwrap_model(self.model).stride.max() if self.model else 0), 32)
-        return build_yolo_dataset(self.args, img_path, batch, self.data, mode=mode, rect=mode == "val", stride=gs)
-
-    def preprocess_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Images to the device; no text embeddings (the folded model ignores text and scores its own classes)."""
-        batch = DetectionTrainer.preprocess_batch(self, batch)
-        batch["txt_feats"] = None
-        return batch
-
-    def plot_training_labels(self) -> None:
-        """Plot label statistics of the detection data."""
-        DetectionTrainer.plot_training_labels(self)

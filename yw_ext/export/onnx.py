@@ -74,17 +74,22 @@ def vocab_metadata(model: torch.nn.Module, opts: ExportOptions) -> dict[str, Any
     """
     from yw_ext import __version__
 
-    g = int(getattr(model, "prompts_per_class", 1) or 1)
+    v = getattr(model, "vocab", None)  # the installed yw_ext.vocab.Vocabulary (None: a placeholder / foreign model)
+    g = v.prompts_per_class if v is not None else 1
     names = dict(model.names)
     meta = {
         "yw_ext": __version__,
         "vocab": "dynamic" if opts.dynamic_vocab else "fixed",
         "embed_dim": int(getattr(model, "embed_dim", 512)),
         "prompts_per_class": g,
-        "text_encoder": getattr(model, "text_encoder_id", None),
+        "text_encoder": v.text_encoder_id if v is not None else None,
     }
-    if getattr(model, "class_prompts", None):
-        meta["class_prompts"] = [list(p) for p in model.class_prompts]
+    if v is not None:
+        meta["class_sources"] = list(v.sources)
+        if v.image_encoder_id:
+            meta["image_encoder"] = v.image_encoder_id
+        if v.prompts is not None:
+            meta["class_prompts"] = v.class_prompts
     if opts.dynamic_vocab:
         meta["max_prompts"] = int(opts.max_prompts)
         meta["default_classes"] = [names[i] for i in range(len(names))]

@@ -40,11 +40,12 @@ from yw_ext.core.embeddings import check_embedding_array, check_rows, check_widt
 from yw_ext.runtime.ops import Detections, letterbox, load_image, nms_indices, non_max_suppression, preprocess
 from yw_ext.runtime.ops import scale_boxes
 from yw_ext.runtime.text import TextEncoder, make_session, session_metadata
+from yw_ext.vocab import Vocabulary
 
 TXT_INPUT = "txt_feats"
 _LITERAL_KEYS = {
     "names", "imgsz", "args", "stride", "batch", "channels", "end2end", "embed_dim", "max_prompts",
-    "prompts_per_class", "class_prompts", "default_classes", "default_vocab", "kpt_shape",
+    "prompts_per_class", "class_prompts", "class_sources", "default_classes", "default_vocab", "kpt_shape",
 }  # fmt: skip
 
 
@@ -141,6 +142,7 @@ class Detector:
         if text_encoder is not None:
             warn_encoder_mismatch(self)
         self._txt: np.ndarray | None = None  # (1, P, D) prompts fed as txt_feats; None: the file's default
+        self.vocab: Vocabulary | None = None  # the vocabulary set with set_classes (None: the file's own)
         names = meta.get("names") or {}
         g = int(meta.get("prompts_per_class", 1) or 1)
         if self.dynamic_vocab:
@@ -188,6 +190,7 @@ class Detector:
             # the model's prompt range is checked below, with this model's limits in the message
             e, g = check_embedding_array(embeddings, k, self.embed_dim, max_prompts=sys.maxsize)  # (K * G, D)
             self._check_count(k * g)
+            vocab = Vocabulary(names, e, g)
         else:
             if self.text_encoder is None:
                 raise ValueError("set_classes with names needs a text encoder: Detector(model, text_encoder="
@@ -196,8 +199,10 @@ class Detector:
             self._check_count(k * g)
             e = self.text_encoder.encode(flat)  # (K * G, D)
             self._check_embeddings(e)
-        self._txt = np.ascontiguousarray(e.reshape(1, k * g, -1))
-        self.names = dict(enumerate(names))
+            vocab = Vocabulary(names, e, g, prompts, None, getattr(self.text_encoder, "identity", None))
+        self.vocab = vocab
+        self._txt = np.ascontiguousarray(vocab.embeddings[None])  # (1, K * G, D)
+        self.names = vocab.names_dict()
         self.prompts_per_class = g
         return self
 
