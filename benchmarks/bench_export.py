@@ -64,22 +64,20 @@ def cwd(path: Path):
 
 def image(imgsz: int) -> np.ndarray:
     """bus.jpg letterboxed to ``imgsz`` (1, 3, imgsz, imgsz) float32."""
-    from ultralytics.utils import ASSETS
-
     from yw_ext.runtime.ops import letterbox, load_image, preprocess
+    from yw_ext.seam import ASSETS
 
     return preprocess([letterbox(load_image(ASSETS / "bus.jpg"), imgsz)[0]])
 
 
 def build(scale: str, k: int, imgsz: int, tmp: Path, seed: int = 0):
     """Ultralytics and yw_ext models with the same weights and K embeddings, and their exports."""
-    from ultralytics import YOLOWorld as UYOLOWorld
-
     import yw_ext
+    from yw_ext.seam import UltralyticsYOLOWorld as UYOLOWorld
 
     torch.manual_seed(seed)
     ul = UYOLOWorld(f"yolov8{scale}-worldv2.yaml")
-    randomize_(ul.model, seed, fp16_exact=False)  # BatchNorm statistics and head scalars only
+    randomize_(ul.model, seed, fp16_exact=False)  # BatchNorm statistics, head scalars, attention biases only
     emb = F.normalize(torch.randn(k, 512, generator=torch.Generator().manual_seed(seed + k)), dim=-1)
     names = [f"class{i}" for i in range(k)]
     ul.model.txt_feats = emb[None]
@@ -141,7 +139,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import logging
 
     import onnx
-    from ultralytics.utils import LOGGER
+
+    from yw_ext.core.log import LOGGER
 
     LOGGER.setLevel(logging.WARNING)  # export chatter
     ks = [int(v) for v in a.ks.split(",")]

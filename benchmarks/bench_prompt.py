@@ -45,27 +45,25 @@ COLUMNS = ("date", "ultralytics", "torch", "device", "cpu", "threads", "model", 
 # --------------------------------------------------------------------------------------------------------- set-up
 def linked_batch(coco128: Path, root: Path, n: int, imgsz: int) -> dict:
     """A collated batch of the first ``n`` labelled COCO128 images (linked into ``root``), letterboxed to ``imgsz``."""
-    from ultralytics.cfg import get_cfg
-    from ultralytics.data import YOLODataset
-    from ultralytics.utils import YAML
+    from yw_ext.seam import YAML, build_yolo_dataset, get_cfg
 
     link_coco128(coco128, root, n)
     names = YAML.load(Path(coco128) / "coco128.yaml")["names"]
     data = {"names": names, "nc": len(names), "channels": 3}
-    ds = YOLODataset(img_path=str(root / "images" / "train"), imgsz=imgsz, augment=False,
-                     hyp=get_cfg(overrides=dict(imgsz=imgsz)), data=data, task="detect", batch_size=n)  # fmt: skip
-    batch = YOLODataset.collate_fn([ds[i] for i in range(len(ds))])
+    # Ultralytics' YOLODataset, evaluation mode: no augmentation, letterboxed to imgsz, every image
+    ds = build_yolo_dataset(get_cfg(overrides=dict(imgsz=imgsz)), str(root / "images" / "train"), n, data,
+                            mode="val", fraction=1.0)  # fmt: skip
+    batch = ds.collate_fn([ds[i] for i in range(len(ds))])
     batch["img"] = batch["img"].float() / 255
     return batch
 
 
 def make_steps(model_cfg: str, batch: dict, device: str, seed: int = 0) -> dict:
     """Build the two training set-ups; returns ``{"full": step_fn, "prompt": step_fn}`` (each one optimiser step)."""
-    from ultralytics.cfg import get_cfg
-
     from yw_ext.engine.prompt_trainer import PromptTuningModel
     from yw_ext.engine.trainer import class_criterion
     from yw_ext.nn.model import YWDetectionModel
+    from yw_ext.seam import get_cfg
 
     torch.manual_seed(seed)
     k = 80
@@ -174,7 +172,7 @@ def main() -> None:
     if args.memory_child:
         return memory_child(args)
 
-    import ultralytics
+    from yw_ext.seam import ULTRALYTICS_VERSION
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="yw_bench_prompt_") as d:
@@ -186,7 +184,7 @@ def main() -> None:
     del steps
     mem = {v: measure_memory(args, v) for v in ("full", "prompt")}
     row = dict(
-        date=datetime.datetime.now().isoformat(timespec="seconds"), ultralytics=ultralytics.__version__,
+        date=datetime.datetime.now().isoformat(timespec="seconds"), ultralytics=ULTRALYTICS_VERSION,
         torch=torch.__version__, device=args.device, cpu=cpu_name(), threads=args.threads, model=args.model,
         imgsz=args.imgsz, batch=args.batch, classes=80, pairs=args.pairs,
         full_ms=round(1000 * statistics.median(times["full"]), 1),

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ap.error("--clock cpu measures the calling thread only: use it with --threads 1")
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
-    from ultralytics.utils.torch_utils import get_flops
+    from yw_ext.seam import get_flops
 
     env = environment(args.threads)
     ort_version = env["onnxruntime"]  # "" when not installed

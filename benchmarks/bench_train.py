@@ -49,9 +49,11 @@ def text_table(names: list[str], dim: int = 512, seed: int = 0) -> dict[str, tor
 
 def make_trainers(table: dict[str, torch.Tensor]):
     """Trainer subclasses fed from ``table`` instead of a CLIP model (benchmark only)."""
-    from ultralytics.models.yolo.world.train import WorldTrainer, on_pretrain_routine_end
-
     from yw_ext.engine.trainer import YWTrainer
+    from yw_ext.seam import resolve
+    from yw_ext.seam import world_set_classes_callback as on_pretrain_routine_end
+
+    WorldTrainer = resolve("ultralytics.models.yolo.world.train:WorldTrainer")  # the baseline (not in the seam)
 
     class UltralyticsWorld(WorldTrainer):
         def get_model(self, cfg=None, weights=None, verbose=True):
@@ -114,10 +116,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    import ultralytics
-    from ultralytics.utils import LOGGER, YAML
-
     import yw_ext
+    from yw_ext.core.log import LOGGER
+    from yw_ext.seam import ULTRALYTICS_VERSION, YAML
 
     with tempfile.TemporaryDirectory(prefix="yw_bench_train_") as d:
         d = Path(d)
@@ -149,7 +150,7 @@ def main() -> None:
     ratios = [a / b for a, b in zip(yw, ul)]
     row = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"), yw_ext=yw_ext.__version__,
-        ultralytics=ultralytics.__version__, torch=torch.__version__,
+        ultralytics=ULTRALYTICS_VERSION, torch=torch.__version__,
         device=torch.cuda.get_device_name() if args.device not in {"cpu", "mps"} else f"cpu ({os.cpu_count()} cores)",
         threads=torch.get_num_threads(), scale=args.scale, imgsz=args.imgsz, batch=args.batch, images=args.images,
         pairs=args.pairs, yw_ms=round(statistics.median(yw) * 1e3, 1), ultralytics_ms=round(statistics.median(ul) * 1e3, 1),

@@ -48,9 +48,8 @@ def main() -> None:
     ap.add_argument("--csv", default=str(RESULTS / "learning_check.csv"))
     args = ap.parse_args()
 
-    import ultralytics
-
     import yw_ext
+    from yw_ext.seam import ULTRALYTICS_VERSION
 
     with tempfile.TemporaryDirectory(prefix="yw_learning_") as d:
         d = Path(d)
@@ -71,7 +70,7 @@ def main() -> None:
         best = yw_ext.YOLOWorld(str(model.trainer.best))
         after = best.val(data=str(data), project=str(d / "runs"), name="after", **common)
         row = dict(
-            date=datetime.datetime.now().isoformat(timespec="seconds"), ultralytics=ultralytics.__version__,
+            date=datetime.datetime.now().isoformat(timespec="seconds"), ultralytics=ULTRALYTICS_VERSION,
             torch=torch.__version__, device=args.device, threads=torch.get_num_threads(), model=args.model,
             images=args.images, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
             clip=user_clip or "random tiny CLIP",

@@ -18,18 +18,13 @@ from ultralytics.cfg import get_cfg
 
 import yw_ext
 from tests.test_train import coco_names, link_subset, write_yaml
-from yw_ext.engine.image_prompt_trainer import (
-    ImagePromptModel,
-    ImagePrompts,
-    YWImagePromptTrainer,
-    crop_for_clip,
-    reference_crops,
-    sample_prompt_boxes,
-)
+from yw_ext.engine.image_prompt_trainer import YWImagePromptTrainer, reference_crops, sample_prompt_boxes
 from yw_ext.image_adapter import AdapterFileError, read_adapter_file, write_adapter_file
 from yw_ext.nn.adapter import ResidualAdapter, adapter_from_state, adapter_state
+from yw_ext.nn.image_prompt_model import ImagePromptModel, ImagePrompts
 from yw_ext.nn.model import YWDetectionModel
 from yw_ext.prompts import read_prompt_file
+from yw_ext.text.image import clip_crops
 
 TOL = 1e-5
 
@@ -65,19 +60,18 @@ def test_sample_prompt_boxes_one_per_image_class_with_jitter():
         rois, slots = sample_prompt_boxes(bi, ci, xywh, 80, (100, 200), generator=g)  # H=100, W=200
         assert slots.tolist() == [[0, 2], [0, 5], [1, 2]]
         assert torch.equal(rois[:, 0], slots[:, 0].float())
-        side_w, side_h = rois[:, 3] - rois[:, 1], rois[:, 4] - rois[:, 2]
-        assert torch.allclose(side_w, side_h)  # a square: CLIP's center crop of the jittered box
         for r, (b, c) in zip(rois, slots.tolist()):
             cands = [i for i in range(5) if bi[i] == b and int(ci[i]) == c]
-            # the square is centred on one of the candidate boxes, its side min(w, h) * s with s in [0.8, 1.5]
+            # the box is one of the candidate boxes (none reaches the border here), its width and height scaled
+            # about its centre by one factor s in [0.8, 1.5]; clip_crops then takes CLIP's center crop of it
             fits = []
             for i in cands:
                 cx, cy, w, h = (xywh[i] * torch.tensor([200, 100, 200, 100])).tolist()
                 if abs((r[1] + r[3]) / 2 - cx) < 1e-3 and abs((r[2] + r[4]) / 2 - cy) < 1e-3:
-                    fits.append((i, float(r[3] - r[1]) / min(w, h)))
+                    fits.append((i, float(r[3] - r[1]) / w, float(r[4] - r[2]) / h))
             assert len(fits) == 1, (r, cands)
-            i, s = fits[0]
-            assert 0.8 - 1e-5 <= s <= 1.5 + 1e-5
+            i, s, s_h = fits[0]
+            assert abs(s - s_h) < 1e-4 and 0.8 - 1e-5 <= s <= 1.5 + 1e-5
             picked.add(i)
             scales.append(s)
     assert {0, 1, 2} <= picked  # every box of (image 0, class 2) gets picked sometimes
@@ -85,27 +79,36 @@ def test_sample_prompt_boxes_one_per_image_class_with_jitter():
 
 
 def test_sample_prompt_boxes_clip_to_image_and_ignore_bad():
-    # a box hanging over the right edge: clipped to the image first, then its central square
+    # a box hanging over the right edge: clipped to the image
     rois, slots = sample_prompt_boxes(torch.tensor([0]), torch.tensor([1]), torch.tensor([[0.95, 0.5, 0.2, 0.8]]), 3,
                                       (100, 100), jitter=(1.0, 1.0))  # fmt: skip
-    assert torch.allclose(rois, torch.tensor([[0.0, 85.0, 42.5, 100.0, 57.5]]))  # x 85..105 -> 85..100: a 15 px square
+    assert torch.allclose(rois, torch.tensor([[0.0, 85.0, 10.0, 100.0, 90.0]]))  # x 85..105 -> 85..100
     # a class outside the vocabulary and a sub-pixel box are not used
     rois, slots = sample_prompt_boxes(torch.tensor([0, 0]), torch.tensor([7, 0]),
                                       torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.001, 0.5]]), 3, (64, 64))
     assert rois.shape == (0, 5) and slots.shape == (0, 2)
 
 
-def test_crop_for_clip_takes_the_box_pixels():
-    img = torch.rand(2, 3, 40, 60, generator=torch.Generator().manual_seed(1))
+def test_clip_crops_is_clips_own_preprocessing():
+    from open_clip.transform import image_transform
+    from PIL import Image
+
+    img = torch.randint(0, 256, (2, 3, 40, 60), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)
     m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
-    rois = torch.tensor([[1.0, 10, 5, 26, 21], [0.0, 0, 0, 32, 32]])
-    out = crop_for_clip(img, rois, 16, mean, std)  # (2, 3, 16, 16)
+    rois = torch.tensor([[1.0, 10, 5, 26, 21], [0.0, 0, 0, 32, 32], [1.0, 3.5, 2.2, 50.1, 30.0]])
+    out = clip_crops(img, rois, 16, mean, std)  # (3, 3, 16, 16)
     # same size: exactly the pixels img[1, :, 5:21, 10:26]
-    assert torch.allclose(out[0], (img[1, :, 5:21, 10:26] - m) / s, atol=1e-6)
-    # half size: each output pixel is the mean of a 2 x 2 block (area filter)
-    ref = F.avg_pool2d(img[0:1, :, 0:32, 0:32], 2)[0]
-    assert torch.allclose(out[1], (ref - m) / s, atol=1e-6)
+    assert torch.equal(out[0], (img[1, :, 5:21, 10:26].float() / 255 - m) / s)
+    # any box: bitwise CLIP's own transform (PIL bicubic shortest side, center crop) of the pixels the box touches
+    ref = image_transform(16, is_train=False, mean=mean, std=std)
+    for r, o in zip(rois.tolist(), out):
+        b, x1, y1, x2, y2 = int(r[0]), math.floor(r[1]), math.floor(r[2]), math.ceil(r[3]), math.ceil(r[4])
+        pil = Image.fromarray(img[b, :, y1:y2, x1:x2].permute(1, 2, 0).numpy())
+        assert torch.equal(o, ref(pil))
+    # float images in [0, 1] (training batches after Ultralytics' preprocessing) give the same crops
+    assert torch.equal(clip_crops(img.float() / 255, rois, 16, mean, std), out)
+    assert clip_crops(img, torch.zeros(0, 5), 16).shape == (0, 3, 16, 16)
 
 
 def test_reference_crops_seeded_and_capped():

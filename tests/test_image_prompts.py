@@ -173,6 +173,29 @@ def test_crops_are_the_right_pixels(bus, bus_rgb):
     assert np.array_equal(np.asarray(crop_box(bgr, torch.tensor(BUS))), bgr[y1:y2, x1:x2, ::-1])
 
 
+def test_training_crops_equal_exemplar_crops(clip_env, coco128):
+    """A COCO128 box through image-prompt training's crop path and through ``set_classes``: the same embedding."""
+    from yw_ext.engine.image_prompt_trainer import sample_prompt_boxes
+    from yw_ext.text.image import clip_crops
+
+    im = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[0]
+    rows = np.loadtxt(coco128 / "labels" / "train2017" / f"{im.stem}.txt", ndmin=2)  # (N, 5) class cx cy w h
+    bgr = cv2.imread(str(im))  # as Ultralytics' dataset reads it
+    batch = torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1])).permute(2, 0, 1)[None]  # (1, 3, H, W) RGB uint8
+    n = len(rows)
+    rois, slots = sample_prompt_boxes(torch.zeros(n), torch.from_numpy(rows[:, 0]), torch.from_numpy(rows[:, 1:]),
+                                      80, tuple(batch.shape[2:]), generator=torch.Generator().manual_seed(0))
+    assert len(rois) >= 2 and (rois[:, 1:] != rois[:, 1:].round()).any()  # jittered, fractional pixel boxes
+    ienc = image_encoder()
+    train = ienc.encode_crops(clip_crops(batch, rois, ienc.image_size))  # (M, D): the trainer's path
+    assert torch.equal(train, ienc.encode_crops(clip_crops(batch.float() / 255, rois, ienc.image_size)))
+
+    model = yw_ext.YOLOWorld("yw-v2-n.yaml")  # no image adapter: a class's embedding is its crop's n(u)
+    names = [f"box{i}" for i in range(len(rois))]
+    model.set_classes(names, images={c: (bgr, r[1:].tolist()) for c, r in zip(names, rois)}, use_text=False)
+    assert np.abs(feats(model) - train.numpy()).max() < TOL
+
+
 def test_margin_is_used_by_set_classes(model, ref, bus, bus_rgb):
     model.set_classes(["bus"], images={"bus": (bus, BUS)}, margin=0.1, use_text=False)
     assert np.abs(feats(model)[0] - ref_image(ref, Image.fromarray(bus_rgb[177:822, 0:810]))).max() < TOL

@@ -19,7 +19,8 @@ import torch
 import yw_ext
 from tests.conftest import randomize_
 from tests.test_train import coco_names, link_subset, write_yaml
-from yw_ext.engine.prompt_trainer import PromptTuningModel, YWPromptTrainer
+from yw_ext.engine.prompt_trainer import YWPromptTrainer
+from yw_ext.nn.prompt_model import PromptTuningModel
 from yw_ext.prompts import PromptFileError, detector_hash, read_prompt_file, write_prompt_file
 
 TRAIN_ARGS = dict(imgsz=64, batch=2, workers=0, plots=False, device="cpu", verbose=False, exist_ok=True)

@@ -159,7 +159,12 @@ def install_adapter(model: torch.nn.Module, source: str | Path | dict | None) ->
 
 
 def adapter_digest(state: dict) -> str:
-    """Short content hash (12 hex digits) of adapter tensors, recorded in the vocabulary's ``image_encoder_id``."""
+    """Short content hash (12 hex digits) of adapter tensors, recorded in the vocabulary's ``image_encoder_id``.
+
+    Examples:
+        >>> len(adapter_digest(adapter_state(ResidualAdapter(8))))
+        12
+    """
     import hashlib
 
     h = hashlib.sha256()
@@ -169,7 +174,12 @@ def adapter_digest(state: dict) -> str:
 
 
 def model_adapter(model: torch.nn.Module) -> ResidualAdapter | None:
-    """The ``ResidualAdapter`` of a model's ``image_adapter_state`` (eval mode), or None when it has none."""
+    """The ``ResidualAdapter`` of a model's ``image_adapter_state`` (eval mode), or None when it has none.
+
+    Examples:
+        >>> model_adapter(torch.nn.Module()) is None  # no image_adapter_state
+        True
+    """
     state = getattr(model, "image_adapter_state", None)
     if not state:
         return None

@@ -180,7 +180,7 @@ class YWMultiModalDataset(YOLOMultiModalDataset):
         texts = class_texts(self.data)
         freq: dict[str, int] = defaultdict(int)
         for label in self.labels:
-            for c in label["cls"].reshape(-1):
+            for c in label["cls"].reshape(-1):  # (N,)
                 for t in texts[int(c)]:
                     freq[t] += 1
         return freq or dict.fromkeys((t for g in texts for t in g), 0)

@@ -154,7 +154,8 @@ def reference_crops(labels: list[dict], names: list[str], n: int = DEFAULT_CROPS
     per_class: dict[int, list] = {}
     for lb in labels:
         h, w = (int(v) for v in lb["shape"])
-        for c, (cx, cy, bw, bh) in zip(np.asarray(lb["cls"]).reshape(-1), np.asarray(lb["bboxes"]).reshape(-1, 4)):
+        cls, xywh = np.asarray(lb["cls"]).reshape(-1), np.asarray(lb["bboxes"]).reshape(-1, 4)  # (N,), (N, 4)
+        for c, (cx, cy, bw, bh) in zip(cls, xywh):
             x1, x2 = max(0.0, (cx - bw / 2) * w), min(float(w), (cx + bw / 2) * w)
             y1, y2 = max(0.0, (cy - bh / 2) * h), min(float(h), (cy + bh / 2) * h)
             if x2 - x1 >= MIN_BOX and y2 - y1 >= MIN_BOX and 0 <= int(c) < len(names):

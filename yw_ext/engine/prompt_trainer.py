@@ -107,7 +107,13 @@ def _quiet(prefix: str):
 
 def adapter_param_groups(adapter: nn.Module | None, decay: float) -> list[dict]:
     """Optimizer groups of an adapter: weights with ``decay``, biases without (group ``"adapter_bias"``, not ``"bias"``,
-    which Ultralytics' warm-up would give ``warmup_bias_lr``); ``[]`` without adapter."""
+    which Ultralytics' warm-up would give ``warmup_bias_lr``); ``[]`` without adapter.
+
+    Examples:
+        >>> from yw_ext.nn.adapter import ResidualAdapter
+        >>> [g["param_group"] for g in adapter_param_groups(ResidualAdapter(8), 1e-4)]
+        ['weight', 'adapter_bias']
+    """
     if adapter is None:
         return []
     return [
@@ -125,6 +131,11 @@ def make_optimizer(groups: list[dict], name: str | None, lr: float, momentum: fl
 
     Raises:
         NotImplementedError: an optimizer name not listed above.
+
+    Examples:
+        >>> groups = [{"params": [nn.Parameter(torch.zeros(2))], "weight_decay": 0.0, "param_group": "prompt"}]
+        >>> type(make_optimizer(groups, "auto", 2e-3, 0.9)).__name__
+        'AdamW'
     """
     name = "AdamW" if name in (None, "auto") else name
     optimizers = {"Adam": torch.optim.Adam, "Adamax": torch.optim.Adamax, "AdamW": torch.optim.AdamW,

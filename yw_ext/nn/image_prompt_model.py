@@ -71,7 +71,14 @@ class ImagePrompts(nn.Module):
         return self.text.shape[0] // self.g
 
     def set_references(self, feats: torch.Tensor, cls: torch.Tensor) -> None:
-        """Install the CLIP embeddings ``(R, D)`` of the reference crops and their class ids ``(R,)``."""
+        """Install the CLIP embeddings ``(R, D)`` of the reference crops and their class ids ``(R,)``.
+
+        Examples:
+            >>> p = ImagePrompts(torch.randn(3, 8), 1)
+            >>> p.set_references(torch.randn(2, 8), torch.tensor([1, 1]))
+            >>> p.has_images().tolist()
+            [False, True, False]
+        """
         if feats.dim() != 2 or feats.shape[0] != cls.numel() or feats.shape[1] != self.text.shape[1]:
             raise ValueError(f"reference features {tuple(feats.shape)} do not fit {cls.numel()} class ids of "
                              f"{self.text.shape[1]}-d embeddings.")
@@ -102,6 +109,11 @@ class ImagePrompts(nn.Module):
             feats: ``(M, D)`` CLIP embeddings of this batch's crops (None or empty: text only).
             slots: ``(M, 2)`` ``[image, class]`` of each crop.
             batch: B.
+
+        Examples:
+            >>> p = ImagePrompts(torch.randn(3, 8), 1)
+            >>> p.batch_embeddings(torch.randn(1, 8), torch.tensor([[1, 2]]), 2).shape  # (B, K * G, D)
+            torch.Size([2, 3, 8])
         """
         k, g, d = self.num_classes, self.g, self.text.shape[1]
         out = self.text.view(1, k, g, d).expand(batch, k, g, d)  # (B, K, G, D)
@@ -142,7 +154,11 @@ class ImagePromptModel(PromptTuningModel):
         return ImagePrompts(nn.functional.normalize(embeddings.float(), dim=-1), prompts_per_class)
 
     def loss(self, batch: dict, preds: Any = None):
-        """Detection loss; without ``preds``, a forward with the batch's per-image image-prompt embeddings."""
+        """Detection loss; without ``preds``, a forward with the batch's per-image image-prompt embeddings.
+
+        Examples:
+            >>> loss, items = m.loss(batch)  # batch["prompt_feats"] (M, D), batch["prompt_slots"] (M, 2)  # doctest: +SKIP
+        """
         if preds is None:
             tf = self.prompt.batch_embeddings(batch.get("prompt_feats"), batch.get("prompt_slots"),
                                               batch["img"].shape[0])  # (B, K * G, D)
@@ -153,7 +169,12 @@ class ImagePromptModel(PromptTuningModel):
         return super().loss(batch, preds)
 
     def vocab_sources(self) -> list[str]:
-        """``"image"`` for classes whose vocabulary embedding comes from reference crops, else ``"text"``."""
+        """``"image"`` for classes whose vocabulary embedding comes from reference crops, else ``"text"``.
+
+        Examples:
+            >>> m.vocab_sources()  # doctest: +SKIP
+            ['image', 'text']
+        """
         return [IMAGE_SOURCE if h else TEXT_SOURCE for h in self.prompt.has_images().tolist()]
 
     @torch.no_grad()
@@ -172,7 +193,12 @@ class ImagePromptModel(PromptTuningModel):
                 "adapter": self.prompt.adapter_state()}  # fmt: skip
 
     def to_detector(self) -> YWDetectionModel:
-        """A plain ``YWDetectionModel`` copy with the current vocabulary and the adapter installed."""
+        """A plain ``YWDetectionModel`` copy with the current vocabulary and the adapter installed.
+
+        Examples:
+            >>> m.to_detector().image_adapter_state is not None  # doctest: +SKIP
+            True
+        """
         det = super().to_detector()
         install_adapter(det, {"adapter": self.prompt.adapter_state(), "dim": self.embed_dim,
                               "image_encoder_id": self.image_encoder_id})  # fmt: skip

@@ -124,6 +124,7 @@ class PromptTuningModel(YWDetectionModel):
             ValueError: the detector is re-parameterised, or the embeddings do not fit it.
 
         Examples:
+            >>> det = YWDetectionModel("yw-v2-n.yaml", verbose=False)
             >>> m = PromptTuningModel.from_detector(det, torch.randn(4, 512), ["a", "b"], prompts_per_class=2)
             >>> m.prompts_per_class, tuple(m.prompt().shape)
             (2, (4, 512))
@@ -155,7 +156,12 @@ class PromptTuningModel(YWDetectionModel):
 
     @classmethod
     def make_prompt(cls, embeddings: torch.Tensor, num_classes: int, prompts_per_class: int, adapter: bool) -> nn.Module:
-        """The trainable prompt module (here ``PromptEmbeddings``) for initial embeddings ``(K * G, D)``."""
+        """The trainable prompt module (here ``PromptEmbeddings``) for initial embeddings ``(K * G, D)``.
+
+        Examples:
+            >>> PromptTuningModel.make_prompt(torch.randn(2, 8), 2, 1, adapter=False)().shape
+            torch.Size([2, 8])
+        """
         return PromptEmbeddings(embeddings, adapter=adapter)
 
     # ----------------------------------------------------------------------------------------------------- modes
@@ -168,7 +174,8 @@ class PromptTuningModel(YWDetectionModel):
         super().train(False)  # nn.Module.train: every submodule in eval mode
         self.training = mode
         self.model[-1].training = mode
-        self.prompt.train(mode)
+        if "prompt" in self._modules:  # (absent while __init__ builds the network)
+            self.prompt.train(mode)
         return self
 
     def _first_text_layer(self) -> int | None:
@@ -211,10 +218,13 @@ class PromptTuningModel(YWDetectionModel):
                 txt_feats: torch.Tensor | None = None, visualize: bool = False):
         """As ``YWDetectionModel.predict``, with ``prompt()`` as the vocabulary when no ``txt_feats`` are given.
 
+        While ``__init__`` builds the network (its stride probe runs a forward) there is no ``prompt`` yet: the
+        installed placeholder vocabulary is used, as by any ``YWDetectionModel``.
+
         Returns:
             As the parent, with scores reduced to K classes (max over each class's G prompts).
         """
-        if txt_feats is not None:
+        if txt_feats is not None or "prompt" not in self._modules:
             return super().predict(x, profile, augment, embed, txt_feats, visualize)
         tf = self.prompt()  # (K * G, D)
         with self.backbone_no_grad():
@@ -238,12 +248,22 @@ class PromptTuningModel(YWDetectionModel):
                             image_encoder_id or self.image_encoder_id)  # fmt: skip
 
     def detector_state_dict(self) -> dict[str, torch.Tensor]:
-        """The detector's parameters and buffers (the state dict without ``prompt.*``)."""
+        """The detector's parameters and buffers (the state dict without ``prompt.*``).
+
+        Examples:
+            >>> any(k.startswith("prompt.") for k in m.detector_state_dict())  # doctest: +SKIP
+            False
+        """
         return {k: v for k, v in self.state_dict().items() if not k.startswith("prompt.")}
 
     @torch.no_grad()
     def prompt_arrays(self) -> dict[str, Any]:
-        """What a prompt file stores of the prompts: ``embeddings`` / ``raw_embeddings`` ``(K * G, D)``, ``adapter``."""
+        """What a prompt file stores of the prompts: ``embeddings`` / ``raw_embeddings`` ``(K * G, D)``, ``adapter``.
+
+        Examples:
+            >>> sorted(m.prompt_arrays())  # doctest: +SKIP
+            ['adapter', 'embeddings', 'raw_embeddings']
+        """
         return {
             "embeddings": self.prompt().detach().float().cpu(),
             "raw_embeddings": self.prompt.embeddings.detach().float().cpu(),

@@ -201,7 +201,7 @@ class Detector:
             self._check_embeddings(e)
             vocab = Vocabulary(names, e, g, prompts, None, getattr(self.text_encoder, "identity", None))
         self.vocab = vocab
-        self._txt = np.ascontiguousarray(vocab.embeddings[None])  # (1, K * G, D)
+        self._txt = np.array(vocab.embeddings[None])  # (1, K * G, D), a writable copy for ONNX Runtime
         self.names = vocab.names_dict()
         self.prompts_per_class = g
         return self

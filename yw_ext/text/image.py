@@ -304,8 +304,8 @@ def clip_crops(images: torch.Tensor, rois: torch.Tensor, size: int = 224, mean: 
         left, top, right, bottom = pixel_box(x1, y1, x2, y2, w, h)
         out[i] = _clip_geometry(Image.fromarray(x[int(b), top:bottom, left:right].numpy()), size)
     t = torch.from_numpy(out).permute(0, 3, 1, 2).float().div(255)  # (M, 3, S, S), as ToTensor
-    m = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    sd = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    m = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)  # (1, 3, 1, 1)
+    sd = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)  # (1, 3, 1, 1)
     return (t - m) / sd
 
 
@@ -494,7 +494,7 @@ class CLIPImageEncoder:
             for k in sorted(sd):
                 t = sd[k].detach().to("cpu", torch.float32).contiguous()
                 h.update(f"{k}:{tuple(t.shape)};".encode())
-                h.update(t.numpy().reshape(-1).view("uint8"))
+                h.update(t.numpy().reshape(-1).view("uint8"))  # (numel * 4,) bytes
             self._identity = f"openai-clip-image:vit-r{self.image_size}-d{self.dim}:{h.hexdigest()[:16]}"
         return self._identity
 
