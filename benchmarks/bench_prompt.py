@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 # common (benchmarks/common.py) first: it puts the repository on sys.path and makes Ultralytics offline
-from common import COCO128, RESULTS, append_csv_atomic, cpu_name, interleaved_rounds, link_coco128
+from common import COCO128, RESULTS, append_csv_atomic, cpu_name, interleaved_rounds, link_coco128, proc_mb
 
 COLUMNS = ("date", "ultralytics", "torch", "device", "cpu", "threads", "model", "imgsz", "batch", "classes", "pairs",
            "full_ms", "prompt_ms", "ratio_median", "ratio_p25", "ratio_p75", "full_peak_mb", "prompt_peak_mb",
@@ -112,12 +112,9 @@ def make_steps(model_cfg: str, batch: dict, device: str, seed: int = 0) -> dict:
 def _status(key: str) -> int:
     """A ``/proc/self/status`` value in bytes (``VmRSS``, ``VmHWM``); 0 where unavailable."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
+        return int(proc_mb(key) * 2**20)
     except OSError:
-        pass
-    return 0
+        return 0
 
 
 def memory_child(args: argparse.Namespace) -> None:

@@ -40,6 +40,7 @@ from yw_ext.bench import (
     percentile,
     plot_latency_vs_k,
     plot_latency_vs_size,
+    proc_mb,
     random_clip_state_dict,
     random_text_encoder,
     randomize_,
@@ -57,6 +58,6 @@ COCO128 = ROOT.parent / "shared" / "data" / "coco128"
 __all__ = [
     "COCO128", "COLUMNS", "RESULTS", "ROOT", "WEIGHTS_NOTE", "append_csv_atomic", "cpu_name", "environment",
     "gemm_runners", "interleaved_rounds", "link_coco128", "lvis_names", "measure_gemm", "ort_session", "percentile",
-    "plot_latency_vs_k", "plot_latency_vs_size", "random_clip_state_dict", "random_text_encoder", "randomize_",
-    "ratio_stats", "save_random_clip", "timed", "warm_up", "write_atomic", "write_csv_atomic",
+    "plot_latency_vs_k", "plot_latency_vs_size", "proc_mb", "random_clip_state_dict", "random_text_encoder",
+    "randomize_", "ratio_stats", "save_random_clip", "timed", "warm_up", "write_atomic", "write_csv_atomic",
 ]  # fmt: skip

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from yw_ext.core.io import atomic_write
+from yw_ext.core.io import atomic_write, load_npz
 from yw_ext.nn.adapter import ADAPTER_KEYS, ResidualAdapter, adapter_from_state, adapter_state
 
 ADAPTER_FORMAT = "yw_ext.image_adapter/1"
@@ -107,13 +107,7 @@ def read_adapter_file(path: str | Path) -> dict[str, Any]:
         512
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image-adapter file not found: '{path}'")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as e:  # zip / npy errors of every kind
-        raise AdapterFileError(f"'{path}' is not a readable .npz image-adapter file: {e}") from None
+    data = load_npz(path, what=".npz image-adapter file", error=AdapterFileError)
     fmt = str(data.get("format", ""))
     if fmt != ADAPTER_FORMAT:
         hint = (" It is a prompt file (a vocabulary): load it with load_prompts()." if fmt.startswith("yw_ext.prompts")

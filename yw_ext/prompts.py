@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from yw_ext.core.classes import split_class_string
-from yw_ext.core.io import atomic_write
+from yw_ext.core.io import atomic_write, load_npz
 from yw_ext.core.log import LOGGER
 from yw_ext.nn.adapter import ADAPTER_KEYS, ResidualAdapter, adapter_state, load_adapter_state
 from yw_ext.vocab import Vocabulary
@@ -271,13 +271,7 @@ def read_prompt_file(path: str | Path) -> dict[str, Any]:
         (['person', 'bus'], (2, 512))
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file '{path}' does not exist.")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            files = {k: z[k] for k in z.files}
-    except Exception as e:  # zipfile / numpy errors for truncated or foreign files
-        raise PromptFileError(f"'{path}' is not a readable prompt file (.npz): {type(e).__name__}: {e}") from e
+    files = load_npz(path, what="prompt file", error=PromptFileError)
     if "format" not in files or str(files["format"]) != PROMPT_FORMAT:
         raise PromptFileError(f"'{path}' is not a yw_ext prompt file (no format={PROMPT_FORMAT!r} entry); a bare array "
                               "of class embeddings is a .npy, used with set_classes(names, embeddings=...).")

@@ -32,7 +32,6 @@ from ultralytics.engine.exporter import Exporter, export_formats, try_export
 from ultralytics.engine.model import Model
 from ultralytics.models.yolo.detect import DetectionPredictor, DetectionTrainer, DetectionValidator
 from ultralytics.models.yolo.world.train import on_pretrain_routine_end as world_set_classes_callback
-from ultralytics.models.yolo.world.train_world import WorldTrainerFromScratch
 from ultralytics.nn.modules import C2fAttn, ImagePoolingAttn, WorldDetect
 from ultralytics.nn.modules.block import BNContrastiveHead, Bottleneck, ContrastiveHead, MaxSigmoidAttnBlock
 from ultralytics.nn.modules.conv import Conv

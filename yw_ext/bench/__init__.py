@@ -78,7 +78,7 @@ from yw_ext.bench.config import (
 )
 from yw_ext.bench.data import link_coco128, lvis_names
 from yw_ext.bench.measure import measure_group
-from yw_ext.bench.memory import memory_child, memory_in_subprocess
+from yw_ext.bench.memory import memory_child, memory_in_subprocess, proc_mb
 from yw_ext.bench.models import Group, Runner, randomize_
 from yw_ext.bench.records import append_csv_atomic, cpu_name, environment, write_atomic, write_csv_atomic
 from yw_ext.bench.report import format_table, plot_latency_vs_k, plot_latency_vs_size
@@ -101,7 +101,7 @@ __all__ = [
     "Runner", "append_csv_atomic", "bench_text", "cli", "config_from_args", "cpu_name", "environment",
     "format_table", "gemm_runners", "interleaved_rounds", "link_coco128", "lvis_names", "main", "measure_gemm",
     "measure_group", "memory_child", "memory_in_subprocess", "ort_session", "parse", "percentile",
-    "plot_latency_vs_k", "plot_latency_vs_size", "quick_config", "random_clip", "random_clip_state_dict",
+    "plot_latency_vs_k", "plot_latency_vs_size", "proc_mb", "quick_config", "random_clip", "random_clip_state_dict",
     "random_text_encoder", "randomize_", "ratio_stats", "run", "save_random_clip", "text_encoder", "timed",
     "warm_up", "write_atomic", "write_csv_atomic",
 ]  # fmt: skip

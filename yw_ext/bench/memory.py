@@ -6,7 +6,8 @@
 working memory).
 
 Examples:
-    >>> memory_in_subprocess({"kind": "onnx", "path": "yw_fixed.onnx", "threads": 2, "input": [1, 3, 64, 64]})  # doctest: +SKIP
+    >>> spec = {"kind": "onnx", "path": "yw_fixed.onnx", "threads": 2, "input": [1, 3, 64, 64]}
+    >>> memory_in_subprocess(spec)  # doctest: +SKIP
     {'rss0_mb': 180.2, 'peak_mb': 195.7}
 """
 
@@ -28,8 +29,16 @@ MARK = "YW_MEMORY "
 """Prefix of the line the child prints its result on."""
 
 
-def _proc_mb(field: str) -> float:
-    """A ``/proc/self/status`` field (``VmRSS``, ``VmHWM``) in MiB."""
+def proc_mb(field: str) -> float:
+    """A ``/proc/self/status`` field (``VmRSS``, ``VmHWM``) of this process in MiB.
+
+    Raises:
+        OSError: no ``/proc/self/status`` (not Linux), or no such field.
+
+    Examples:
+        >>> proc_mb("VmRSS") > 0  # doctest: +SKIP
+        True
+    """
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
@@ -73,10 +82,10 @@ def memory_child(spec_json: str) -> dict:
     run = _load(spec, x)
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
-    rss0 = _proc_mb("VmRSS")
+    rss0 = proc_mb("VmRSS")
     for _ in range(int(spec.get("runs", 3))):
         run()
-    out = {"rss0_mb": rss0, "peak_mb": _proc_mb("VmHWM")}
+    out = {"rss0_mb": rss0, "peak_mb": proc_mb("VmHWM")}
     print(MARK + json.dumps(out), flush=True)
     return out
 
@@ -85,7 +94,8 @@ def memory_in_subprocess(spec: dict, timeout: float = 300) -> dict:
     """``memory_child`` in a fresh Python process; ``{"error": ...}`` where it cannot run (e.g. no ``/proc``).
 
     Examples:
-        >>> memory_in_subprocess({"kind": "torch", "path": "m.pt", "threads": 1, "input": [1, 3, 64, 64]})  # doctest: +SKIP
+        >>> spec = {"kind": "torch", "path": "m.pt", "threads": 1, "input": [1, 3, 64, 64]}
+        >>> memory_in_subprocess(spec)  # doctest: +SKIP
         {'rss0_mb': 310.5, 'peak_mb': 322.0}
     """
     if not Path("/proc/self/clear_refs").exists():
@@ -106,4 +116,4 @@ def memory_in_subprocess(spec: dict, timeout: float = 300) -> dict:
     return {"error": tail[0][:200]}
 
 
-__all__ = ["memory_child", "memory_in_subprocess"]
+__all__ = ["memory_child", "memory_in_subprocess", "proc_mb"]

@@ -15,6 +15,9 @@ Notes:
       mapping of any of them shows up in the features.
     - Every weight is rounded to a float16-representable value: OpenAI's files (and the `clip` package) keep weights
       in float16 before ``.float()``, so every loader sees exactly the same numbers.
+    - open_clip initialises the weights from the global RNG as the `clip` package does, and the randomisation above
+      runs in the `clip` package's parameter order, so for a seed the weights are exactly those of a
+      ``clip.model.CLIP`` built and randomised the same way (checked with open_clip 3.3 and clip-anytorch 2.6).
 
 Examples:
     >>> sd = random_clip_state_dict("tiny", vision=True)
@@ -24,6 +27,7 @@ Examples:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +44,35 @@ SIZES = {"tiny": (WIDTH, LAYERS, HEADS), "vit-b-32": (512, 12, 8)}
 """Text tower (width, layers, heads) per kind."""
 
 
+_BLOCK_PART = re.compile(r"(.*resblocks\.\d+\.)(attn|ln_1|mlp|ln_2)\.")
+_PARTS = ("attn", "ln_1", "mlp", "ln_2")  # OpenAI's ResidualAttentionBlock order (open_clip registers ln_1 first)
+
+
+def _openai_order(names: list[str]) -> list[str]:
+    """Parameter names in the `clip` package's module order: inside each residual block attn, ln_1, mlp, ln_2 (open_clip
+    registers them as ln_1, attn, ln_2, mlp); everything else as given. Randomising in this order gives, for a seed,
+    the very numbers the `clip` package's model gets."""
+    index = {n: i for i, n in enumerate(names)}
+    first: dict[str, int] = {}
+    for n in names:
+        m = _BLOCK_PART.match(n)
+        if m:
+            first.setdefault(m.group(1), index[n])
+
+    def key(n: str) -> tuple[int, int, int]:
+        m = _BLOCK_PART.match(n)
+        return (first[m.group(1)], _PARTS.index(m.group(2)), index[n]) if m else (index[n], 0, 0)
+
+    return sorted(names, key=key)
+
+
 def _randomize_clip_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Random biases / class embeddings (N(0, 0.05)) and LayerNorm weights (1 + N(0, 0.1)), then float16-exact."""
     g = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name in _openai_order(list(params)):
+            p = params[name]
             if name.endswith("bias") or "class_embedding" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
             elif "ln_" in name and name.endswith("weight"):

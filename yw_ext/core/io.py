@@ -80,11 +80,17 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_npz(path: str | os.PathLike, what: str = ".npz archive", error: type[Exception] = ValueError) -> dict:
     """Read every array of an ``.npz`` archive into a dict, without unpickling (``allow_pickle=False``).
 
+    Args:
+        path: The archive.
+        what: What the file is, for messages (``"prompt file"``).
+        error: Exception class raised for an unreadable archive (a ValueError subclass of the caller).
+
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` does not exist (``"<what> '<path>' not found"``).
+        error: a truncated or foreign file (``"'<path>' is not a readable <what> (.npz): ..."``).
 
     Examples:
         >>> sorted(load_npz("/tmp/yw_core_doctest.npz"))
@@ -92,9 +98,12 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"'{path}' does not exist.")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+        raise FileNotFoundError(f"{what} '{path}' not found (the file does not exist).")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile / numpy errors of every kind
+        raise error(f"'{path}' is not a readable {what} (.npz): {type(e).__name__}: {e}") from e
 
 
 __all__ = ["atomic_path", "atomic_write", "load_npz", "save_npz"]

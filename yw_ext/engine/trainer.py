@@ -61,12 +61,12 @@ def class_criterion(model: torch.nn.Module, num_classes: int):
 
     The head reports ``K * G`` prompt channels but the model's own forward returns ``K`` class scores (max over each
     class's ``G`` prompts); Ultralytics' loss reads the head's ``nc`` once, when it is built, so it is built while the
-    head reports ``K`` (the model's ``_head_prompts`` context, which restores the installed count).
+    head reports ``K`` (the model's ``head_prompts`` context, which restores the installed count).
 
     Examples:
         >>> model.criterion = class_criterion(model, len(model.names))  # doctest: +SKIP
     """
-    with model._head_prompts(num_classes):
+    with model.head_prompts(num_classes):
         return model.init_criterion()
 
 

@@ -105,7 +105,7 @@ class YWDetectionModel(DetectionModel):
         head = self.model[-1]
         if tf.shape[0] != x.shape[0] or getattr(head, "export", False):
             tf = tf.expand(x.shape[0], -1, -1)  # (B, P, D)
-        with self._head_prompts(tf.shape[1]):
+        with self.head_prompts(tf.shape[1]):
             x = self._run_layers(x, tf, profile, embed)
         if own and self.prompts_per_class > 1 and not embed:  # pooled features (embed=...) are not scores
             x = self._max_over_prompts(x)
@@ -191,7 +191,7 @@ class YWDetectionModel(DetectionModel):
 
     # --------------------------------------------------------------- vocabulary
     @contextlib.contextmanager
-    def _head_prompts(self, p: int) -> Iterator[None]:
+    def head_prompts(self, p: int) -> Iterator[None]:
         """Let the head split its output into ``p`` score channels for one forward, then restore the installed count.
 
         The installed count is the vocabulary's ``K * G`` (``install_vocabulary``); explicit ``txt_feats`` (training
