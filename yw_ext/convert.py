@@ -11,26 +11,8 @@ Examples:
     True
 """
 
-from yw_ext.checkpoints import (
-    CheckpointError,
-    OfficialLayout,
-    check_state_dict,
-    convert_cli,
-    convert_official,
-    detect_layout,
-    from_ultralytics,
-    hf_text_config,
-    is_official,
-    load_model,
-    load_official,
-    load_pt,
-    map_official_state_dict,
-    model_cfg,
-    parse_names,
-    read_official,
-    save_checkpoint,
-    text_encoder_from_state,
-)
+from yw_ext.checkpoints import *  # noqa: F403 (the public names of the checkpoint package)
+from yw_ext.checkpoints import __all__ as _CHECKPOINTS_ALL
 from yw_ext.checkpoints.folded import REP_HEAD_CONV, REP_NECK_GUIDE_CONV, REP_NECK_GUIDE_MATRIX
 from yw_ext.checkpoints.keymaps import (
     ADAPTER_PREFIX,
@@ -52,8 +34,8 @@ from yw_ext.checkpoints.names import META_NAMES_MAX, coco_names
 from yw_ext.checkpoints.statemap import OPEN_GATE_BIAS
 
 __all__ = [
+    *_CHECKPOINTS_ALL,
     "ADAPTER_PREFIX",
-    "CheckpointError",
     "HEAD_PREFIX",
     "HF_TEXT_PREFIX",
     "IGNORED_KEYS",
@@ -65,7 +47,6 @@ __all__ = [
     "OFFICIAL_LAYERS_V2",
     "OFFICIAL_SCALES",
     "OPEN_GATE_BIAS",
-    "OfficialLayout",
     "PROMPT_KEYS",
     "REP_HEAD_CONV",
     "REP_NECK_GUIDE_CONV",
@@ -73,21 +54,5 @@ __all__ = [
     "RESHAPES",
     "SUBKEY_RULES",
     "TEXT_PREFIX",
-    "check_state_dict",
     "coco_names",
-    "convert_cli",
-    "convert_official",
-    "detect_layout",
-    "from_ultralytics",
-    "hf_text_config",
-    "is_official",
-    "load_model",
-    "load_official",
-    "load_pt",
-    "map_official_state_dict",
-    "model_cfg",
-    "parse_names",
-    "read_official",
-    "save_checkpoint",
-    "text_encoder_from_state",
 ]
