@@ -10,8 +10,9 @@ from pathlib import Path
 os.environ["YOLO_OFFLINE"] = "1"
 os.environ["YOLO_AUTOINSTALL"] = "false"
 _TMP = Path(tempfile.mkdtemp(prefix="yw_ext_tests_"))
-os.environ.setdefault("YW_CACHE_DIR", str(_TMP / "embeddings"))
-os.environ.setdefault("YW_WEIGHTS_DIR", str(_TMP / "weights"))
+# Forced (not setdefault): a machine with these set must not let the tests read or write its real caches.
+os.environ["YW_CACHE_DIR"] = str(_TMP / "embeddings")
+os.environ["YW_WEIGHTS_DIR"] = str(_TMP / "weights")
 os.environ.pop("YW_CLIP", None)
 
 import pytest  # noqa: E402

@@ -610,8 +610,12 @@ def test_tensorrt_engines_match_onnx_runtime(dynvocab, fixed, images, tmp_path):
     for k in (3, 80):
         t = _emb(k, seed=k)[None].numpy()
         assert np.abs(det.forward(x, t)[:, 4:] - ref.forward(x, t)[:, 4:]).max() <= 1e-2
-    with pytest.raises(ValueError, match="outside the engine's range"):
-        det.forward(x, np.ones((1, 1300, 512), np.float32))
+    with pytest.raises(ValueError, match="exceed this model's maximum of 1203 .the TensorRT engine's txt_feats"):
+        det.forward(x, np.ones((1, 1300, 512), np.float32))  # the prompt count is checked first, against the profile
+    with pytest.raises(ValueError, match=r"images: dim 0 = 5 is outside the engine's range \[1, 4\]"):
+        det.forward(np.concatenate([x] * 3)[:5], _emb(3)[None].numpy())
+    det.set_classes(NAMES, embeddings=_emb(3).numpy())
+    assert len(det([str(p) for p in images.values()] * 3)) == 6  # split into calls of <= 4 images
     _, files = fixed
     eng = fixed[0].export(format="engine", dynamic=True, batch=4, imgsz=IMGSZ, verbose=False,
                           out=tmp_path / "fixed.engine")

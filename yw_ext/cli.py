@@ -12,6 +12,10 @@ Examples:
     yw export model=best.pt format=onnx dynamic=True                # fixed vocabulary, folded (one input)
     yw export model=best.pt format=onnx dynamic_vocab=True nms=True  # classes set at run time (yw_ext.runtime)
     yw export model=clip clip=ViT-B-32.pt out=clip_text.onnx         # CLIP text encoder (+ BPE file next to it)
+    yw export model=text encoder=st-folder out=st_text.onnx          # Sentence-Transformers / M-CLIP (+ tokenizer.json)
+    yw predict model=l source=bus.jpg classes="人,公共汽车" encoder=clip-ViT-B-32-multilingual-v1  # any-language prompts
+    yw align-text student=minilm-folder json=class_texts.json pairs=pairs.json out=minilm_proj.npz
+    yw align-text student=clip-ViT-B-32-multilingual-v1 texts=names.txt check=True  # how close to the detector's CLIP
     yw bench quick=True                                              # benchmarks vs Ultralytics (< 3 min on 2 CPUs)
     yw bench scales=s imgsz=640 ks=80,1203 pairs=10 out=results      # any yw_ext.bench.BenchConfig field as key=value
 
@@ -42,7 +46,7 @@ MODES = ("predict", "train", "val", "export")
 LATER: dict[str, str] = {}  # modes whose features land with their own issues
 USAGE = __doc__
 RAW_KEYS = {"classes", "model", "source", "data", "clip", "embeddings", "prompt_images", "names", "src", "out",
-            "image_adapter", "jitter"}  # fmt: skip
+            "image_adapter", "jitter", "encoder"}  # fmt: skip
 """Keys whose values are kept as the strings given (no ``smart_value``)."""
 
 
@@ -156,17 +160,19 @@ def _convert(rest: list[str]) -> Any:
 
 
 def _embed(rest: list[str]) -> Any:
-    """``yw embed texts="a,b|b2,c" | json=class_texts.json [out=vocab.npz] [clip=...] [batch=256]``."""
+    """``yw embed texts="a,b|b2,c" | json=class_texts.json [out=vocab.npz] [encoder=... | clip=...] [batch=256]``."""
     from yw_ext.prompts import embed_texts
 
     eargs = parse_args(rest)  # checks key=value; the text values are taken verbatim below
     raw = {k.strip(): v for k, v in (t.split("=", 1) for t in rest)}
-    eargs.update({k: v for k, v in raw.items() if k in {"texts", "json", "out", "clip"}})
-    unknown = set(eargs) - {"texts", "json", "out", "clip", "batch"}
+    eargs.update({k: v for k, v in raw.items() if k in {"texts", "json", "out", "clip", "encoder"}})
+    unknown = set(eargs) - {"texts", "json", "out", "clip", "encoder", "batch"}
     if unknown:
-        raise SystemExit(f"yw embed: unknown argument(s) {sorted(unknown)}; use texts= or json=, out=, clip=.")
+        raise SystemExit(f"yw embed: unknown argument(s) {sorted(unknown)}; use texts= or json=, out=, encoder=.")
+    if eargs.get("encoder") and eargs.get("clip"):
+        raise SystemExit("yw embed: give the text encoder once, as encoder=... (clip=... is its older name).")
     out = embed_texts(eargs.get("texts"), out=eargs.get("out", "vocab.npz"), json=eargs.get("json"),
-                      clip=eargs.get("clip"), batch=int(eargs.get("batch", 256)))
+                      clip=eargs.get("encoder") or eargs.get("clip"), batch=int(eargs.get("batch", 256)))
     print(f"yw embed: wrote {out}")
     return out
 
@@ -188,11 +194,119 @@ def _demo(rest: list[str]) -> Any:
         raise SystemExit(f"yw demo: {e}") from None
 
 
+def _align_text(rest: list[str]) -> dict:
+    """``yw align-text student=... [teacher=...] texts=... | json=... | pairs=... [out=...] [kind=linear|mlp]
+    [epochs=300] [check=True]``: fit (or check) the map from a text encoder to the detector's CLIP space."""
+    from yw_ext.text.align import align_text
+
+    keys = {"student", "encoder", "teacher", "clip", "texts", "json", "pairs", "out", "kind", "epochs", "lr", "val",
+            "seed", "check", "batch"}
+    args = parse_args(rest)
+    args.update({k: v for k, v in (t.split("=", 1) for t in rest) if k in {"student", "encoder", "teacher", "clip",
+                                                                        "texts", "json", "pairs", "out"}})
+    unknown = set(args) - keys
+    if unknown:
+        raise SystemExit(f"yw align-text: unknown argument(s) {sorted(unknown)}; use student=, teacher=, texts=, "
+                         "json=, pairs=, out=, kind=, epochs=, check=.")
+    student = args.pop("student", None) or args.pop("encoder", None)
+    if student is None:
+        raise SystemExit("yw align-text: give the encoder to align as student=PATH.")
+    teacher = args.pop("teacher", None) or args.pop("clip", None)
+    rep = align_text(student, teacher, texts=args.pop("texts", None), json_file=args.pop("json", None),
+                     pairs=args.pop("pairs", None), out=args.pop("out", "text_projection.npz"), **args)
+    print(f"yw align-text: held-out cosine {rep['cosine']:.4f}, top-1 retrieval {rep['retrieval']:.3f} over "
+          f"{rep['n_names']} names" + (f"; wrote {rep['out']}" if rep.get("out") else ""))
+    return rep
+
+
 COMMANDS: dict[str, Callable[[list[str]], Any]] = {
     "help": _help, "-h": _help, "--help": _help, "version": _version, "--version": _version, "convert": _convert,
-    "embed": _embed, "bench": _bench, "demo": _demo,
+    "embed": _embed, "bench": _bench, "demo": _demo, "align-text": _align_text, "align_text": _align_text,
 }  # fmt: skip
 """The modes that are not a model mode (``MODES``), each a function of the tokens after the mode."""
+
+
+def _plain_args(mode: str, rest: list[str], keep: set[str]) -> dict[str, Any]:
+    """``key=value`` tokens of ``yw label`` / ``yw serve`` without Ultralytics (torch-free): numbers, booleans and
+    ``None`` are converted, the ``keep`` keys stay strings."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for tok in rest:
+        k, sep, v = tok.partition("=")
+        k = k.strip().replace("-", "_")
+        if not sep or not k:
+            raise SystemExit(f"yw {mode}: argument '{tok}' is not key=value. See 'yw help'.")
+        low = v.strip().lower()
+        if k in keep:
+            out[k] = v
+        elif low in {"true", "false", "none"}:
+            out[k] = {"true": True, "false": False, "none": None}[low]
+        else:
+            try:
+                out[k] = ast.literal_eval(v)
+            except (ValueError, SyntaxError):
+                out[k] = v
+    return out
+
+
+def _label(rest: list[str]) -> dict[str, Any]:
+    """``yw label source=images/ model=dv.onnx out=labels/ classes="person,car" [text_encoder=clip_text.onnx]
+    [workers=2 threads=1 | scheduler=tcp://host:8786] [labels=True] [batch=8] [partition_size=64]``: batch
+    detection on Dask (``yw_ext.scale.detect_dataset``), Parquet per partition, resumable."""
+    from yw_ext.scale import check_extras
+
+    check_extras()  # ImportError naming the pip command; entrypoint prints it (exit code 2)
+    from yw_ext.scale import detect_dataset
+
+    keep = {"source", "model", "out", "classes", "embeddings", "prompts", "text_encoder", "clip", "scheduler",
+            "prompt_images", "labels", "device", "column"}  # fmt: skip
+    args = _plain_args("label", rest, keep)
+    for key in ("source", "model", "out"):
+        if key not in args:
+            raise SystemExit(f"yw label: {key}=... is required (e.g. yw label source=images/ model=dv.onnx "
+                             "out=labels/ classes=person,car).")
+    if args.get("classes") is not None:
+        args["classes"] = parse_classes_arg(args["classes"])
+    if args.get("prompt_images") is not None:
+        args["images"] = parse_prompt_images(args.pop("prompt_images"))
+        args.setdefault("classes", list(args["images"]))
+    if isinstance(args.get("labels"), str):
+        low = args["labels"].strip().lower()
+        args["labels"] = {"true": True, "false": False}.get(low, args["labels"])
+    summary = detect_dataset(**args)
+    print(f"yw label: {summary['images']} images, {summary['detections']} detections in {summary['computed']} new "
+          f"partitions ({summary['skipped']} already done) -> {summary['out']}")
+    return summary
+
+
+def _serve(rest: list[str]) -> None:
+    """``yw serve model=dv.onnx [text_encoder=clip_text.onnx] [prompts=id:file.npz,...] [host=127.0.0.1]
+    [port=8000] [workers=1] [max_batch=8] [max_wait_ms=5] [threads=...]``: the detection service (yw_ext.serve)."""
+    from yw_ext.serve import check_extras
+
+    check_extras()  # ImportError naming the pip command; entrypoint prints it (exit code 2)
+    from yw_ext.serve import ServeConfig, serve
+
+    args = _plain_args("serve", rest, {"model", "text_encoder", "prompts", "host", "log_level"})
+    if "model" not in args:
+        raise SystemExit("yw serve: model=... is required (an ONNX export, dynamic_vocab=True for any classes).")
+    prompts = {}
+    for entry in filter(None, (e.strip() for e in str(args.pop("prompts", "") or "").split(","))):
+        pid, sep, path = entry.partition(":")
+        if not sep or not pid or not path:
+            raise SystemExit(f"yw serve: prompts entry {entry!r} is not id:file.npz.")
+        prompts[pid.strip()] = path.strip()
+    run_kw = {k: args.pop(k) for k in ("host", "port", "workers", "log_level") if k in args}
+    try:
+        config = ServeConfig(prompts=prompts, **args)
+    except TypeError as e:
+        raise SystemExit(f"yw serve: {e}; keys: model, text_encoder, prompts, host, port, workers, max_batch, "
+                         "max_wait_ms, max_image_bytes, max_pixels, max_classes, threads, cache_size.") from None
+    serve(config, **{"host": "127.0.0.1", **run_kw})
+
+
+COMMANDS.update({"label": _label, "serve": _serve})
 
 
 def _image_prompt_args(mode: str, args: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -242,6 +356,12 @@ def _model_mode(mode: str, rest: list[str]) -> Any:
     images, alpha, margin = _image_prompt_args(mode, args)
     model = YOLOWorld(args.pop("model", "l"))
     classes, clip, emb = args.pop("classes", None), args.pop("clip", None), args.pop("embeddings", None)
+    if mode == "predict" and args.get("encoder") is not None:  # any text encoder (see yw_ext.text.encoders)
+        if images is not None:
+            raise SystemExit("yw predict: encoder=... is for text prompts; image prompts use clip=... (a CLIP).")
+        if clip is not None:
+            raise SystemExit("yw predict: give the text encoder once, as encoder=... (or clip=...).")
+        clip = args.pop("encoder")
     adapter = args.pop("image_adapter", None)
     if adapter is not None:
         model.load_image_adapter(adapter)
@@ -287,12 +407,14 @@ def _export_text(args: dict[str, Any]) -> str:
     """
     from yw_ext.export.text import export_text_encoder
 
-    unknown = set(args) - {"model", "clip", "out", "opset", "simplify", "format"}
+    unknown = set(args) - {"model", "clip", "encoder", "out", "opset", "simplify", "format"}
     if unknown:
-        raise SystemExit(f"yw export model=clip: unknown argument(s) {sorted(unknown)}; use clip=, out=, opset=.")
+        raise SystemExit(f"yw export model=clip: unknown argument(s) {sorted(unknown)}; use encoder= (or clip=), "
+                         "out=, opset=.")
     if str(args.get("format", "onnx")).lower() != "onnx":
         raise SystemExit("yw export model=clip: the text encoder exports to format=onnx only.")
-    out = export_text_encoder(args.get("clip"), out=args.get("out"), opset=int(args.get("opset") or 17),
+    out = export_text_encoder(args.get("encoder") or args.get("clip"), out=args.get("out"),
+                              opset=int(args.get("opset") or 17),
                               simplify=bool(args.get("simplify", True)))
     print(f"yw export: wrote {out}")
     return out

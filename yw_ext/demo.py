@@ -70,6 +70,8 @@ COCO128_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco
 
 TABLE_HEADERS = ["class", "confidence", "x1", "y1", "x2", "y2"]
 BOX_SLACK = 1.0  # pixels a box may pass the image border (as yw_ext.text.image)
+MAX_PIXELS = 64_000_000
+"""Largest upload the demo decodes (64 MP: 50 MP phone photos pass); the size is read from the file's header first."""
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _BOX_RE = re.compile(rf"^\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*$")
 _PROMPT_HELP = (
@@ -126,7 +128,7 @@ def read_image(path: str | Path, what: str = "image") -> np.ndarray:
     original ``Image.open`` (never Ultralytics' patched one, which may try to install a package).
 
     Raises:
-        DemoInputError: missing or unreadable file.
+        DemoInputError: missing, empty, unreadable or larger than ``MAX_PIXELS`` (checked before decoding).
 
     Examples:
         >>> read_image("bus.jpg").shape  # doctest: +SKIP
@@ -137,6 +139,9 @@ def read_image(path: str | Path, what: str = "image") -> np.ndarray:
     p = Path(str(path))
     if not p.is_file():
         raise DemoInputError(f"the {what} '{p.name}' was not found (upload it again).")
+    if p.stat().st_size == 0:
+        raise DemoInputError(f"the {what} '{p.name}' is an empty file (0 bytes). Upload a JPEG, PNG, BMP or WebP image.")
+    _check_pixels(p, what)
     im = None
     try:
         im = cv2.imdecode(np.fromfile(str(p), dtype=np.uint8), cv2.IMREAD_COLOR)
@@ -153,7 +158,31 @@ def read_image(path: str | Path, what: str = "image") -> np.ndarray:
     if im is None or im.ndim != 3 or im.shape[0] == 0 or im.shape[1] == 0:
         raise DemoInputError(f"could not read the {what} '{p.name}': it is not an image file, or it is damaged. "
                              "Upload a JPEG, PNG, BMP or WebP image.")
+    _check_pixels(p, what, im.shape[1], im.shape[0])
     return im
+
+
+def _check_pixels(p: Path, what: str, w: int | None = None, h: int | None = None) -> None:
+    """Refuse an image over ``MAX_PIXELS``: by its decoded size, else by its header (PIL reads only the header)."""
+    if w is None:
+        from PIL import Image
+
+        from yw_ext.text.image import _pil_open
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with _pil_open(p) as pil:
+                    w, h = pil.size
+        except Image.DecompressionBombError as e:
+            raise DemoInputError(f"the {what} '{p.name}' is too large: {e} The demo accepts images up to "
+                                 f"{MAX_PIXELS / 1e6:.0f} megapixels; resize it and upload it again.") from None
+        except Exception:  # noqa: BLE001 - no header PIL knows: the decoder reports the file
+            return
+    if w * h > MAX_PIXELS:
+        raise DemoInputError(f"the {what} '{p.name}' is {w} x {h} pixels ({w * h / 1e6:.0f} megapixels); the demo "
+                             f"accepts images up to {MAX_PIXELS / 1e6:.0f} megapixels. Resize it (e.g. to 4000 pixels "
+                             "on its longer side) and upload it again.")
 
 
 def _parse_box(text: str, where: str) -> list[float]:

@@ -26,17 +26,22 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
+from typing import Iterator, Mapping
+
+from yw_ext.core.log import LOGGER
 
 __all__ = (
     "KNOWN_ALIASES",
@@ -500,6 +505,11 @@ def download(
     temporary file is removed and ``dest`` is left untouched (an existing ``dest`` is only replaced on success).
     A KeyboardInterrupt also removes the temporary file and is then re-raised as is.
 
+    Processes that download the same ``dest`` at once take turns on a lock file (``.<dest.name>.lock`` next to it,
+    released by the system even when its holder is killed): the first downloads, the others wait and then use the
+    file it wrote (re-hashed when a hash is given) instead of downloading it again. Under the lock, ``.part-*``
+    files of ``dest`` are leftovers of a killed download and are removed.
+
     Args:
         url (str): http(s) (or file) URL.
         dest (str | Path): Destination file.
@@ -525,6 +535,82 @@ def download(
     dest = Path(dest).expanduser()
     sha256_prefix = _check_hex(sha256_prefix, "sha256_prefix")
     sha256 = _check_hex(sha256, "sha256")
+    before = _file_key(dest)
+    with _download_lock(dest):
+        if _file_key(dest) not in (None, before) and _hash_ok(dest, sha256_prefix, sha256):
+            return dest  # another process downloaded it while this one waited for the lock
+        _remove_stale_parts(dest)
+        return _fetch(url, dest, sha256_prefix, sha256, progress, timeout)
+
+
+def _file_key(path: Path) -> tuple | None:
+    """Identity of a file's current version (inode, size, mtime), None when it does not exist."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _hash_ok(path: Path, sha256_prefix: str | None, sha256: str | None) -> bool:
+    """True when ``path`` matches the given hashes (always True without one)."""
+    if sha256_prefix is None and sha256 is None:
+        return True
+    return verify_file(path, sha256_prefix, sha256)
+
+
+def _lock_file(fh, blocking: bool) -> bool:
+    """Lock an open file exclusively (``flock`` on POSIX, ``msvcrt.locking`` on Windows); False if busy."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        while True:
+            try:
+                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+                return True
+            except OSError:
+                if not blocking:
+                    return False
+                time.sleep(0.2)
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _download_lock(dest: Path) -> Iterator[None]:
+    """Hold ``.<dest.name>.lock`` in ``dest``'s folder; a folder that cannot hold one (read-only, no locking) is used
+    without a lock, and the download reports any real problem with the folder."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(dest.parent / f".{dest.name}.lock", "a+b")
+    except OSError:
+        yield
+        return
+    with fh:
+        try:
+            if not _lock_file(fh, blocking=False):
+                LOGGER.info(f"Waiting for another process that is downloading {dest.name} into {dest.parent} ...")
+                _lock_file(fh, blocking=True)
+        except OSError as e:  # e.g. a file system without locks: go on unlocked
+            LOGGER.debug(f"no download lock for {dest}: {e}")
+        yield  # closing the file releases the lock
+
+
+def _remove_stale_parts(dest: Path) -> None:
+    """Remove ``<dest.name>.part-*`` files: their downloads were killed (a live one would hold the lock)."""
+    for part in dest.parent.glob(f"{glob_escape(dest.name)}.part-*"):
+        with contextlib.suppress(OSError):
+            part.unlink()
+            LOGGER.info(f"Removed {part.name}, left by an interrupted download of {dest.name}")
+
+
+def _fetch(url: str, dest: Path, sha256_prefix: str | None, sha256: str | None, progress: bool, timeout: float) -> Path:
+    """Stream ``url`` into a temporary file next to ``dest``, check it, and move it into place (see ``download``)."""
     folder = dest.parent
 
     def error(reason: str) -> WeightsDownloadError:

@@ -42,11 +42,53 @@ def resolve_source(model: str | Path) -> str:
         return s
     if p.is_file():
         return s
+    if suffix == ".safetensors":  # yw_ext's own format: always a local file (the hub has none)
+        raise FileNotFoundError(f"checkpoint '{s}' does not exist (a .safetensors checkpoint is a local file written "
+                                "by model.save('m.safetensors') or yw convert src.pth out.safetensors).")
     from yw_ext import hub
 
     spec = hub.resolve_alias(s)
     file_name = spec.name if spec else s
     return str(hub.get_weights(file_name))
+
+
+def _single_image_file(source: Any) -> Path | None:
+    """``source`` as a Path when it names one existing file with an image extension, else None."""
+    from yw_ext.seam import IMG_FORMATS
+
+    if not isinstance(source, (str, Path)) or "://" in str(source):
+        return None
+    p = Path(str(source)).expanduser()
+    return p if p.suffix[1:].lower() in IMG_FORMATS and p.is_file() else None
+
+
+def _require_image_read(source: Any, results: Any) -> Any:
+    """Raise, naming the file, when ``source`` is one image file and Ultralytics read nothing from it.
+
+    Ultralytics skips an unreadable image with a warning ("Image Read Error"), which suits folders and streams; for
+    one explicit file, an empty result hides the problem. Nothing is re-read: the check is on the results (a stream
+    raises once exhausted without a result).
+    """
+    path = _single_image_file(source)
+    if path is None:
+        return results
+
+    def refuse():
+        raise ValueError(f"cannot read image '{path}': it is not an image file, or it is empty, truncated or damaged "
+                         "(the decoder read nothing from it).")
+
+    if isinstance(results, list):
+        return results if results else refuse()
+
+    def checked():
+        n = 0
+        for r in results:
+            n += 1
+            yield r
+        if not n:
+            refuse()
+
+    return checked()
 
 
 class YOLOWorld(Model):
@@ -98,15 +140,16 @@ class YOLOWorld(Model):
         self.model_name = cfg
 
     def _load(self, weights: str, task: str | None = None) -> None:
-        """Load a ``.pt`` (yw_ext or Ultralytics world) or an official ``.pth`` (converted) as a yw_ext model.
+        """Load a ``.pt`` (yw_ext or Ultralytics world), an official ``.pth`` (converted) or a yw_ext ``.safetensors``.
 
         Exported formats go to Ultralytics.
         """
-        from yw_ext.checkpoints import load_official, load_pt
+        from yw_ext.checkpoints import load_official, load_pt, load_safetensors
 
         suffix = Path(weights).suffix.lower()
-        if suffix in {".pt", ".pth"}:
-            self.model, self.ckpt = (load_pt if suffix == ".pt" else load_official)(weights)
+        loaders = {".pt": load_pt, ".pth": load_official, ".safetensors": load_safetensors}
+        if suffix in loaders:
+            self.model, self.ckpt = loaders[suffix](weights)
             self.task = "detect"
             self.overrides = self.model.args = reset_ckpt_args(getattr(self.model, "args", {}) or {})
             self.ckpt_path = getattr(self.model, "pt_path", weights)
@@ -218,6 +261,11 @@ class YOLOWorld(Model):
         Returns:
             (list[ultralytics.engine.results.Results]): as Ultralytics, named by the image-prompt classes.
 
+        Raises:
+            ValueError: ``source`` is one image file (by its extension) that cannot be decoded (not an image,
+                empty, truncated); the message names the file. Folders, globs, lists and streams keep Ultralytics'
+                behaviour: an unreadable image is skipped with a warning.
+
         Examples:
             >>> model = YOLOWorld("l")  # doctest: +SKIP
             >>> prompts = {"bus": [("bus.jpg", [17, 231, 802, 768])]}  # exemplar: a box of another image
@@ -228,7 +276,7 @@ class YOLOWorld(Model):
         if image_prompts is None:
             if alpha is not None or margin:
                 raise ValueError("alpha= and margin= apply to image_prompts=...: pass image_prompts={...} too.")
-            return super().predict(source, stream=stream, predictor=predictor, **kwargs)
+            return _require_image_read(source, super().predict(source, stream=stream, predictor=predictor, **kwargs))
         if not isinstance(image_prompts, dict) or not image_prompts:
             raise ValueError("image_prompts must be a non-empty dict {class_name: exemplar or [exemplars]}.")
         encoder = kwargs.pop("encoder", None)
@@ -237,7 +285,7 @@ class YOLOWorld(Model):
         try:
             self.set_classes(list(image_prompts), images=image_prompts, alpha=alpha, margin=margin,
                              use_text=alpha is not None, encoder=encoder)
-            results = super().predict(source, stream=stream, predictor=predictor, **kwargs)
+            results = _require_image_read(source, super().predict(source, stream=stream, predictor=predictor, **kwargs))
         except BaseException:
             self._restore_vocabulary(saved)
             raise
@@ -394,6 +442,8 @@ class YOLOWorld(Model):
                 ``.npy`` / ``.npz`` path) and ``adapter`` (bool): see ``yw_ext.engine.prompt_trainer``. With
                 ``mode="image_prompt"`` also ``crops`` (validation exemplars per class, default 32), ``clip`` (CLIP
                 source) and ``jitter`` (default ``(0.8, 1.5)``): see ``yw_ext.engine.image_prompt_trainer``.
+                ``resume=True`` on a ``last.pt`` (or ``resume="last.pt"``) continues that run in the mode it was
+                started in (``finetune`` or ``rep``; ``prompt`` / ``image_prompt`` runs cannot be resumed).
 
         Returns:
             Validation metrics of best.pt (``DetMetrics``); the model is then best.pt, with the dataset vocabulary.
@@ -415,10 +465,12 @@ class YOLOWorld(Model):
             >>> model.train(data="coco128.yaml", mode="image_prompt", clip="ViT-B-32.pt")  # doctest: +SKIP
         """
         from yw_ext.engine.grounding import mixed_data
-        from yw_ext.engine.modes import get_trainer
+        from yw_ext.engine.modes import get_trainer, resume_mode
 
         if trainer is not None and mode is not None:
             raise ValueError("give either trainer=... or mode=..., not both.")
+        if trainer is None and mode is None and kwargs.get("resume"):  # continue in the mode the run was started in
+            mode = resume_mode(kwargs["resume"], self.ckpt)
         trainer = trainer or get_trainer(mode)
         if getattr(trainer, "tunes_prompts", False):  # prompt / image_prompt: the detector stays this object, unchanged
             from yw_ext.engine.prompt_trainer import train_prompts
@@ -445,10 +497,14 @@ class YOLOWorld(Model):
             if self.ckpt == {"yw_ext": "model built from YAML"}:
                 self.ckpt = had_ckpt
 
-    def val(self, validator: Any = None, image_prompts: int | None = None, **kwargs: Any):
+    def val(self, validator: Any = None, image_prompts: int | None = None, fixed_ap: bool | None = None,
+            max_per_class: int | None = None, fold: bool | None = None, **kwargs: Any):  # fmt: skip
         """Validate on a dataset (mAP50-95, mAP50, per class) with its classes, prompts and ``text_json`` synonyms.
 
         The model's own vocabulary is restored afterwards. A mixed ``data`` dict validates on its ``val`` dataset.
+        LVIS datasets (``data="lvis.yaml"``, yw_ext's ``cfg/datasets/lvis.yaml``) are also evaluated with the LVIS API:
+        AP, AP50, AP75, APs/m/l, APr/APc/APf in ``metrics.lvis``, the detections and per-class AP written to the run
+        folder (``lvis_predictions.json``, ``lvis_per_class_ap.csv``); see ``yw_ext.engine.validator``.
 
         Args:
             validator: A validator class to use instead of yw_ext's.
@@ -456,6 +512,11 @@ class YOLOWorld(Model):
                 each class's prompt is ``n(mean_j A(u_j))`` over ``image_prompts`` ground-truth boxes drawn (seeded by
                 ``seed``) from the dataset's *train* split, ``u_j`` the CLIP image embedding of a crop and ``A`` the
                 model's trained image adapter (identity without one); classes with no box keep their text.
+            fixed_ap: LVIS fixed AP as the papers report it (score >= 0.001, up to 1000 detections per image, the
+                top 10,000 per class over the dataset, no per-image cap); False / None: standard LVIS AP (300 per
+                image). True on a dataset without LVIS annotations raises ``ValueError``.
+            max_per_class: The fixed-AP cap per class (default 10,000).
+            fold: Validate a vocabulary-folded copy of the network (default: for LVIS evaluations).
             **kwargs: Ultralytics validation arguments (``data``, ``imgsz``, ``batch``, ...); ``encoder`` (CLIP
                 source) and ``seed`` with ``image_prompts``.
 
@@ -463,11 +524,17 @@ class YOLOWorld(Model):
             >>> metrics = YOLOWorld("best.pt").val(data="coco128.yaml")  # doctest: +SKIP
             >>> metrics.box.map50  # doctest: +SKIP
             >>> YOLOWorld("best.pt").val(data="coco128.yaml", image_prompts=32).box.map  # doctest: +SKIP
+            >>> YOLOWorld("l").val(data="lvis.yaml", split="minival", fixed_ap=True).lvis["APr"]  # doctest: +SKIP
         """
-        from yw_ext.engine.grounding import is_mixed, val_data
+        from functools import partial
 
+        from yw_ext.engine.grounding import is_mixed, val_data
+        from yw_ext.engine.validator import packaged_dataset
+
+        if fixed_ap is not None or max_per_class is not None or fold is not None:
+            validator = partial(validator or YWValidator, fixed_ap=fixed_ap, max_per_class=max_per_class, fold=fold)
         if kwargs.get("data") is not None:
-            kwargs["data"] = val_data(kwargs["data"])
+            kwargs["data"] = packaged_dataset(val_data(kwargs["data"]))
         elif is_mixed(self.overrides.get("data")):  # trained on detection + grounding data: validate on its val set
             kwargs["data"] = val_data(self.overrides["data"])
         if image_prompts is None:
@@ -511,8 +578,19 @@ class YOLOWorld(Model):
     def save(self, filename: str | Path = "saved_model.pt") -> None:
         """Save like Ultralytics' ``Model.save``, atomically (temporary file in the same folder, then rename).
 
+        A ``.safetensors`` name writes yw_ext's safe format instead (tensors + JSON metadata: architecture,
+        vocabulary, folded flag; nothing pickled, nothing runs on load; see ``yw_ext.checkpoints.safetensors_io``).
+        ``YOLOWorld("m.safetensors")`` restores the same model. ``.pt`` stays Ultralytics' (pickled) format.
+
         Examples:
             >>> YOLOWorld("yw-v2-n.yaml").save("n.pt")  # doctest: +SKIP
+            >>> YOLOWorld("yw-v2-n.yaml").save("n.safetensors")  # doctest: +SKIP
         """
+        if Path(filename).suffix.lower() == ".safetensors":
+            from yw_ext.checkpoints import save_safetensors
+
+            check_is_pytorch_model(self)
+            save_safetensors(self.model, filename)
+            return
         with atomic_path(filename) as tmp:
             super().save(tmp)

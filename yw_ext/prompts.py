@@ -536,7 +536,8 @@ def embed_texts(texts: str | list | None = None, out: str | Path = "vocab.npz", 
         texts: ``"a,b|b2,c"`` or a list of names / synonym lists.
         out: Output path (``.npz`` prompt file, or ``.npy`` array).
         json: Official class-text JSON instead of ``texts``.
-        clip: CLIP source (file / folder) or encoder; default ``$YW_CLIP``.
+        clip: Text encoder or its path (CLIP file / folder, Sentence-Transformers or M-CLIP folder, projection file);
+            default ``$YW_TEXT_ENCODER``, else ``$YW_CLIP``.
         batch: Texts per forward pass.
         cache: ``EmbeddingCache``, ``False`` to disable, None for the default on-disk cache.
 
@@ -548,13 +549,14 @@ def embed_texts(texts: str | list | None = None, out: str | Path = "vocab.npz", 
         PosixPath('vocab.npz')
         >>> embed_texts(json="coco_class_texts.json", out="coco.npy")  # doctest: +SKIP
     """
-    from yw_ext.text import encode_texts, load_clip
+    from yw_ext.text import encode_texts
+    from yw_ext.text.vocabulary import resolve_text_encoder
     from yw_ext.vocab import pad_prompts, parse_classes
 
     groups = parse_texts(texts, json)
     names, prompts = parse_classes(groups)  # duplicate names etc.
     flat, g = pad_prompts(prompts)
-    enc = clip if hasattr(clip, "encode") else load_clip(clip)
+    enc = resolve_text_encoder(clip)  # any text encoder (CLIP, Sentence-Transformers, M-CLIP, projection) or the env
     emb = encode_texts(enc, flat, cache=cache, batch=batch).float().cpu()  # (K * G, D)
     out = Path(out)
     if out.suffix.lower() == ".npy":

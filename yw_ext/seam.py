@@ -27,7 +27,7 @@ from ultralytics import YOLOWorld as UltralyticsYOLOWorld
 from ultralytics.cfg import TASK2DATA, get_cfg, smart_value
 from ultralytics.data import YOLOConcatDataset, build_grounding, build_yolo_dataset
 from ultralytics.data.dataset import YOLOMultiModalDataset
-from ultralytics.data.utils import check_det_dataset, get_split_fraction
+from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, get_split_fraction
 from ultralytics.engine.exporter import Exporter, export_formats, try_export
 from ultralytics.engine.model import Model
 from ultralytics.models.yolo.detect import DetectionPredictor, DetectionTrainer, DetectionValidator
@@ -74,6 +74,8 @@ PRIVATE_APIS: dict[str, str] = {
     "ultralytics.engine.trainer:BaseTrainer._setup_train": "prompt / adapter trainers freeze the detector after it",
     "ultralytics.utils.patches:_image_open": "PIL's unpatched Image.open for exemplar images",
     "ultralytics.utils.downloads:attempt_download_asset": "its `release` default: the assets release to download",
+    "ultralytics.utils.dist:generate_ddp_file": "the DDP worker script (trainer rebuilt from vars(trainer.args))",
+    "ultralytics.utils.dist:ddp_cleanup": "removing that worker script and its state file",
 }
 """Private Ultralytics APIs (and private defaults) yw_ext depends on, each called only from this module."""
 
@@ -147,6 +149,28 @@ def pil_image_open() -> Any:
 def default_asset_release() -> str:
     """The assets release ``attempt_download_asset`` downloads from by default (its ``release`` default)."""
     return inspect.signature(attempt_download_asset).parameters["release"].default
+
+
+def ddp_worker_file(trainer: Any) -> str:
+    """``generate_ddp_file``: write the script a multi-GPU worker runs, as Ultralytics' DDP launch does.
+
+    The worker rebuilds ``type(trainer)`` from ``vars(trainer.args)`` (plus, in the checked version, the pickled
+    ``trainer.model`` and callbacks) and calls ``train()``. Returns the script's path; ``ddp_worker_cleanup`` removes it.
+
+    Examples:
+        >>> file = ddp_worker_file(trainer)  # doctest: +SKIP
+        >>> subprocess.run([sys.executable, file], check=True)  # doctest: +SKIP
+    """
+    from ultralytics.utils.dist import generate_ddp_file
+
+    return generate_ddp_file(trainer)
+
+
+def ddp_worker_cleanup(trainer: Any, file: str) -> None:
+    """``ddp_cleanup``: delete the worker script written by ``ddp_worker_file`` and its companion state file."""
+    from ultralytics.utils.dist import ddp_cleanup
+
+    ddp_cleanup(trainer, str(file))
 
 
 __all__ = [name for name in dir() if not name.startswith("_") and name not in {"annotations", "importlib", "inspect"}]

@@ -19,7 +19,7 @@ from typing import Any
 from yw_ext.bench.config import BACKENDS, BenchConfig, as_bool, quick_config
 from yw_ext.bench.suite import run
 
-KEEP_AS_GIVEN = ("out", "name", "encoder", "device", "data")
+KEEP_AS_GIVEN = ("out", "name", "encoder", "device", "data", "images")
 """``yw bench`` values that stay strings whatever they look like (a folder called ``1``, ``name=007``)."""
 
 
@@ -46,7 +46,10 @@ def _parser(d: BenchConfig) -> argparse.ArgumentParser:
     ap.add_argument("--ref-k", type=int, dest="ref_k", help="reference K of the growth ratios (default 80)")
     ap.add_argument("--data", help="calibration dataset YAML (TensorRT INT8)")
     ap.add_argument("--out", help="output folder (default benchmarks/results)")
-    ap.add_argument("--name", help="output file stem (default bench / bench_quick)")
+    ap.add_argument("--name", help="output file stem (default bench / bench_quick / bench_e2e)")
+    ap.add_argument("--e2e", action="store_true", default=None, help="end-to-end predict throughput (yw_ext.bench.e2e)")
+    ap.add_argument("--e2e-images", type=int, dest="e2e_images", help="images of the e2e passes (default 128)")
+    ap.add_argument("--images", help="image folder of the e2e passes (default ../shared/data/coco128/images/val2017)")
     return ap
 
 

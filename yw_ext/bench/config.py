@@ -29,6 +29,7 @@ COLUMNS = (
     "median_ms", "p90_ms", "throughput", "throughput_unit",
     "baseline", "ratio", "ratio_min", "ratio_max", "ratio_vs_ultralytics",
     "gflops", "achieved_gflops", "gemm_gflops", "gemm_fraction", "max_score_diff", "peak_rss_mb", "peak_delta_mb",
+    "preprocess_ms", "inference_ms", "postprocess_ms",
 )  # fmt: skip
 GEMM_N = 2048
 
@@ -65,6 +66,9 @@ class BenchConfig:
         name: File stem of the outputs (default ``bench`` / ``bench_quick``).
         quick: Set by ``quick_config``; recorded in the output names.
         seed: Random seed of weights, embeddings and inputs.
+        e2e: Measure end-to-end ``predict`` throughput instead (``yw_ext.bench.e2e``; stem ``bench_e2e``).
+        e2e_images: Images of the e2e passes (the first, sorted, of ``images``).
+        images: Image folder of the e2e passes (default ``../shared/data/coco128/images/val2017``).
 
     Examples:
         >>> c = BenchConfig(ks="80, 1", backends=["ort_fixed"])
@@ -95,6 +99,9 @@ class BenchConfig:
     name: str | None = None
     quick: bool = False
     seed: int = 0
+    e2e: bool = False
+    e2e_images: int = 128
+    images: str | None = None
 
     def __post_init__(self) -> None:
         """Normalise list arguments (``"1,80"``, ``(1, 80)``, ``80``) and check values."""
@@ -117,6 +124,9 @@ class BenchConfig:
         if self.pairs < 1 or self.reps < 1 or self.warmup < 0 or self.threads < 1:
             raise ValueError("pairs, reps and threads must be >= 1, warmup >= 0.")
         self.text, self.memory, self.quick = as_bool(self.text), as_bool(self.memory), as_bool(self.quick)
+        self.e2e = as_bool(self.e2e)
+        if self.e2e_images < 1:
+            raise ValueError("e2e_images must be >= 1.")
 
     @property
     def stem(self) -> str:
@@ -126,7 +136,7 @@ class BenchConfig:
             >>> BenchConfig(quick=True).stem, BenchConfig(name="s640").stem
             ('bench_quick', 's640')
         """
-        return self.name or ("bench_quick" if self.quick else "bench")
+        return self.name or ("bench_e2e" if self.e2e else "bench_quick" if self.quick else "bench")
 
 
 def as_list(v: Any) -> list:

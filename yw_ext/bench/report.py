@@ -176,4 +176,49 @@ def plot_latency_vs_size(rows: Sequence[dict], path: str | Path, ks: Sequence[in
                                 "Latency vs model size (each size timed in its own group)")
 
 
-__all__ = ["format_table", "plot_latency_vs_k", "plot_latency_vs_size"]
+def format_e2e_table(rows: Sequence[dict]) -> str:
+    """Markdown table of the ``e2e`` rows: images/s, ms per image, ratio, and the pre / inference / post split.
+
+    Examples:
+        >>> format_e2e_table([]).splitlines()[0][:30]
+        '| model | imgsz | K | backend | '
+    """
+    out = ["| model | imgsz | K | backend | img/s | ms/img median | ratio [min-max] | vs | pre ms | infer ms | "
+           "post ms | vs ultralytics |", "|" + "---|" * 12]
+    for r in (r for r in rows if r.get("kind") == "e2e"):
+        out.append(f"| {r['scale']} | {r['imgsz']} | {r['K']} | {r['backend']} | {_f(r.get('throughput'))} | "
+                   f"{_f(r.get('median_ms'))} | {_ratio(r)} | {r.get('baseline', '')} | "
+                   f"{_f(r.get('preprocess_ms'))} | {_f(r.get('inference_ms'))} | {_f(r.get('postprocess_ms'))} | "
+                   f"{_f(r.get('ratio_vs_ultralytics'), '{:.2f}')} |")
+    return "\n".join(out)
+
+
+def plot_e2e(rows: Sequence[dict], path: str | Path) -> Path:
+    """Stacked bars of ms per image (pre-process, inference, post-process; the rest of the wall time on top) per
+    backend, one panel per (model size, image size, K).
+
+    Examples:
+        >>> plot_e2e([], "/tmp/yw_e2e.png").name
+        'yw_e2e.png'
+    """
+    e2e = [r for r in rows if r.get("kind") == "e2e" and _has(r, "median_ms")]
+    panels = sorted({(r["scale"], int(r["imgsz"]), int(r["K"])) for r in e2e})
+    fig, axes = _figure(len(panels))
+    for ax, (scale, imgsz, k) in zip(axes[0], panels):
+        sel = [r for r in e2e if (r["scale"], int(r["imgsz"]), int(r["K"])) == (scale, imgsz, k)]
+        names = [r["backend"] for r in sel]
+        bottom = [0.0] * len(sel)
+        for key, label in (("preprocess_ms", "pre-process"), ("inference_ms", "inference"),
+                           ("postprocess_ms", "post-process")):
+            v = [float(r[key]) if _has(r, key) else 0.0 for r in sel]
+            ax.bar(names, v, bottom=bottom, label=label)
+            bottom = [b + x for b, x in zip(bottom, v)]
+        rest = [max(0.0, float(r["median_ms"]) - b) for r, b in zip(sel, bottom)]
+        ax.bar(names, rest, bottom=bottom, label="decode / loop / other", color="0.8")
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+        _latency_axis(ax, f"{scale} / {imgsz} px / K = {k}: predict, batch 1")
+    return _save_latency_figure(fig, axes, bool(panels), path,
+                                "End-to-end predict, ms per image (wall time; split from each predictor)")
+
+
+__all__ = ["format_e2e_table", "format_table", "plot_e2e", "plot_latency_vs_k", "plot_latency_vs_size"]

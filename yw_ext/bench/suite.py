@@ -19,7 +19,7 @@ from yw_ext.bench.config import GEMM_N, WEIGHTS_NOTE, BenchConfig
 from yw_ext.bench.measure import measure_group
 from yw_ext.bench.models import Group
 from yw_ext.bench.records import environment, rounded, write_atomic, write_csv_atomic
-from yw_ext.bench.report import format_table, plot_latency_vs_k, plot_latency_vs_size
+from yw_ext.bench.report import format_e2e_table, format_table, plot_e2e, plot_latency_vs_k, plot_latency_vs_size
 from yw_ext.bench.text_bench import bench_text
 from yw_ext.bench.timing import measure_gemm
 
@@ -72,9 +72,13 @@ def write_outputs(cfg: BenchConfig, env: dict[str, Any], rows: list[dict], t0: f
     """
     out = Path(cfg.out)
     csv_path = write_csv_atomic(out / f"{cfg.stem}.csv", rows)
-    plot_latency_vs_k(rows, out / f"{cfg.stem}_latency_vs_k.png")
-    plot_latency_vs_size(rows, out / f"{cfg.stem}_latency_vs_size.png")
-    table = format_table(rows)
+    if cfg.e2e:
+        plots = [plot_e2e(rows, out / f"{cfg.stem}.png").name]
+        table = format_e2e_table(rows)
+    else:
+        plots = [plot_latency_vs_k(rows, out / f"{cfg.stem}_latency_vs_k.png").name,
+                 plot_latency_vs_size(rows, out / f"{cfg.stem}_latency_vs_size.png").name]
+        table = format_table(rows)
     elapsed = time.perf_counter() - t0
     header = (f"yw_ext benchmark ({env['date']}, {env['cpu']}, {cfg.threads} threads, device {env['device']}, "
               f"torch {env['torch']}, ultralytics {env['ultralytics']}, onnxruntime {env['onnxruntime']}, "
@@ -83,7 +87,7 @@ def write_outputs(cfg: BenchConfig, env: dict[str, Any], rows: list[dict], t0: f
     md = header + "\n\n" + table + "\n"
     write_atomic(out / f"{cfg.stem}.md", lambda f: f.write(md), mode="w")
     print("\n" + md)
-    print(f"wrote {csv_path}, {cfg.stem}_latency_vs_k.png, {cfg.stem}_latency_vs_size.png, {cfg.stem}.md in {out}")
+    print(f"wrote {csv_path}, {', '.join(plots)}, {cfg.stem}.md in {out}")
     return md
 
 
@@ -103,6 +107,12 @@ def run(cfg: BenchConfig) -> list[dict]:
     torch.set_num_threads(cfg.threads)
     try:
         env = environment(cfg.threads, cfg.device)
+        if cfg.e2e:  # end-to-end predict throughput only (yw_ext.bench.e2e)
+            from yw_ext.bench.e2e import run_e2e
+
+            rows = run_e2e(cfg, env)
+            write_outputs(cfg, env, rows, t0)
+            return rows
         rows = gemm_rows(cfg, env)
         if cfg.text:
             rows += bench_text(cfg, env)

@@ -6,7 +6,10 @@ One entry, ``load_model(path)``, for any supported file:
 - Ultralytics-format ``.pt``: yw_ext's own (folded ones included) and Ultralytics' ``yolov8*-world*.pt``
   (``ultralytics_pt``: ``load_pt``, ``from_ultralytics``, ``save_checkpoint``);
 - official YOLO-World (MMYOLO) ``.pth``: v1, v2, v2.1, efficient / plain necks, XL, 768-d text, prompt-tuned and
-  re-parameterised (``official``: ``read_official``, ``convert_official``, ``load_official``).
+  re-parameterised (``official``: ``read_official``, ``convert_official``, ``load_official``), read without running
+  pickled code (``safe_pickle``: a restricted unpickler);
+- yw_ext's safe ``.safetensors`` (tensors + JSON metadata, nothing pickled: ``safetensors_io``: ``save_safetensors``,
+  ``load_safetensors``).
 
 Modules, one concept each:
 
@@ -17,7 +20,8 @@ Modules, one concept each:
 - ``text_tower``: the embedded CLIP text tower (``text_encoder_from_state``, ``hf_text_config``).
 - ``folded``: re-parameterised official checkpoints -> a folded model.
 - ``names``: class names (``names=...``, a checkpoint's ``meta`` classes, COCO's 80).
-- ``official`` / ``ultralytics_pt``: the two file formats; ``cli``: ``yw convert`` (``convert_cli``).
+- ``official`` / ``ultralytics_pt`` / ``safetensors_io``: the file formats; ``cli``: ``yw convert`` (``convert_cli``).
+- ``health``: the NaN / inf warning every loader gives (``warn_non_finite``).
 
 Nothing in ``yw_ext.nn`` imports this package at import time (``YWDetectionModel.encode_text`` imports
 ``yw_ext.checkpoints.text_tower`` when it runs); this package imports ``yw_ext.nn``.
@@ -39,13 +43,16 @@ from yw_ext.checkpoints.errors import CheckpointError, check_state_dict
 from yw_ext.checkpoints.layout import OfficialLayout, detect_layout, is_official, model_cfg
 from yw_ext.checkpoints.names import parse_names
 from yw_ext.checkpoints.official import convert_official, load_official, read_official
+from yw_ext.checkpoints.safe_pickle import safe_torch_load
+from yw_ext.checkpoints.safetensors_io import load_safetensors, save_safetensors
 from yw_ext.checkpoints.statemap import map_official_state_dict
 from yw_ext.checkpoints.text_tower import hf_text_config, text_encoder_from_state
 from yw_ext.checkpoints.ultralytics_pt import from_ultralytics, load_pt, save_checkpoint
 from yw_ext.nn.model import YWDetectionModel
 
 SUFFIXES = {".pt": "Ultralytics-format checkpoint (yw_ext's own, folded or not, or Ultralytics' yolov8*-world*.pt)",
-            ".pth": "official YOLO-World (MMYOLO) checkpoint"}
+            ".pth": "official YOLO-World (MMYOLO) checkpoint",
+            ".safetensors": "yw_ext safetensors checkpoint (model.save('m.safetensors'), yw convert)"}
 """Supported file suffixes and what each is read as."""
 
 
@@ -54,7 +61,7 @@ def load_model(source: str | os.PathLike) -> YWDetectionModel:
 
     ``.pt``: yw_ext's own (folded ones included) or Ultralytics' world weights (``load_pt``); ``.pth``: official
     YOLO-World, re-parameterised ones included (``load_official``, with its defaults: the file's own classes or
-    COCO's 80, and its embedded CLIP text tower kept).
+    COCO's 80, and its embedded CLIP text tower kept); ``.safetensors``: yw_ext's own (``load_safetensors``).
 
     Args:
         source: Path of the file.
@@ -76,7 +83,8 @@ def load_model(source: str | os.PathLike) -> YWDetectionModel:
     if suffix not in SUFFIXES:
         supported = "; ".join(f"{s}: {what}" for s, what in SUFFIXES.items())
         raise CheckpointError(f"'{path}': unsupported checkpoint file type '{suffix}' (supported: {supported}).")
-    model, _ = (load_pt if suffix == ".pt" else load_official)(path)
+    loaders = {".pt": load_pt, ".pth": load_official, ".safetensors": load_safetensors}
+    model, _ = loaders[suffix](path)
     model.task = "detect"
     return model.float().eval()
 
@@ -94,10 +102,13 @@ __all__ = [
     "load_model",
     "load_official",
     "load_pt",
+    "load_safetensors",
     "map_official_state_dict",
     "model_cfg",
     "parse_names",
     "read_official",
+    "safe_torch_load",
     "save_checkpoint",
+    "save_safetensors",
     "text_encoder_from_state",
 ]

@@ -1,9 +1,14 @@
 # yw_ext, AGPL-3.0 license
-"""``yw convert src.pth out.pt [names=...] [text=False] [text_heads=N]``: an official checkpoint -> a yw_ext ``.pt``.
+"""``yw convert src.pth out.pt|out.safetensors [names=...] [text=False] [text_heads=N]``: official -> yw_ext file.
+
+``.pt`` is Ultralytics' pickled format; ``.safetensors`` is yw_ext's safe format (tensors + JSON metadata, nothing
+pickled: ``yw_ext.checkpoints.safetensors_io``), recommended for sharing.
 
 Examples:
     >>> convert_cli({"src": "yolo_world_v2_s.pth", "out": "s.pt", "names": "person,bus"})  # doctest: +SKIP
     PosixPath('s.pt')
+    >>> convert_cli({"src": "yolo_world_v2_s.pth", "out": "s.safetensors"})  # doctest: +SKIP
+    PosixPath('s.safetensors')
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from yw_ext.checkpoints.official import load_official
+from yw_ext.checkpoints.safetensors_io import save_safetensors
 from yw_ext.checkpoints.ultralytics_pt import save_checkpoint
 
 SOURCE_KEYS = ("src", "source", "model")
 OUTPUT_KEYS = ("out", "output", "dst")
 KNOWN_ARGS = frozenset({*SOURCE_KEYS, *OUTPUT_KEYS, "names", "text", "text_heads"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+OUTPUT_SUFFIXES = (".pt", ".safetensors")
 
 
 def _first(args: dict[str, Any], keys: tuple[str, ...]) -> Any:
@@ -33,23 +40,24 @@ def _paths(args: dict[str, Any]) -> tuple[Path, Path]:
     src = Path(str(src)).expanduser()
     out = _first(args, OUTPUT_KEYS)
     out = Path(str(out)).expanduser() if out is not None else src.with_suffix(".pt")
-    if out.suffix.lower() != ".pt":
-        raise ValueError(f"yw convert: the output must be a .pt file, got '{out}'.")
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"yw convert: the output must be a .pt or .safetensors file, got '{out}'.")
     if out.resolve() == src.resolve():
         raise ValueError(f"yw convert: the output '{out}' would overwrite the source.")
     return src, out
 
 
 def convert_cli(args: dict[str, Any]) -> Path:
-    """``yw convert src.pth out.pt [names=...] [text=False]``: convert an official checkpoint to a yw_ext ``.pt``.
+    """``yw convert src.pth out.pt [names=...] [text=False]``: convert an official checkpoint to a yw_ext file.
 
     The output is written to a temporary file in the destination folder and moved into place only when complete,
-    so a failure never leaves a file (or a half-written one) at ``out``. The ``.pt`` loads with
-    ``yw_ext.YOLOWorld(out)`` and keeps the vocabulary and (unless ``text=False``) the CLIP text tower.
+    so a failure never leaves a file (or a half-written one) at ``out``. The ``.pt`` (Ultralytics format) or
+    ``.safetensors`` (yw_ext's safe format) loads with ``yw_ext.YOLOWorld(out)`` and keeps the vocabulary and (unless
+    ``text=False``) the CLIP text tower.
 
     Args:
         args: ``src`` (also ``source`` / ``model``): the official ``.pth``; ``out`` (also ``output`` / ``dst``):
-            the ``.pt`` to write (default: ``src`` with a ``.pt`` suffix); ``names``: vocabulary as a comma list or a
+            the ``.pt`` or ``.safetensors`` to write (default: ``src`` with a ``.pt`` suffix); ``names``: vocabulary as a comma list or a
             ``.txt`` / ``.json`` file (default: the checkpoint's classes, else COCO's 80); ``text``: keep the text
             tower (default True); ``text_heads``: attention heads of the text tower (default ``width // 64``).
 
@@ -76,7 +84,10 @@ def convert_cli(args: dict[str, Any]) -> Path:
     text_config = {"num_attention_heads": int(heads)} if heads is not None else None
 
     model, ckpt = load_official(src, names=args.get("names"), text_config=text_config, keep_text=bool(keep_text))
-    save_checkpoint(model, out, ckpt)
+    if out.suffix.lower() == ".safetensors":
+        save_safetensors(model, out)
+    else:
+        save_checkpoint(model, out, ckpt)
     return out
 
 

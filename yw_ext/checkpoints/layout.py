@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from yw_ext.checkpoints.errors import CheckpointError
+from yw_ext.checkpoints.safe_pickle import is_placeholder
 from yw_ext.checkpoints.keymaps import (
     HEAD_PREFIX,
     HF_TEXT_PREFIX,
@@ -127,7 +128,8 @@ def state_dict_of(ckpt: Any, source: str) -> dict[str, torch.Tensor]:
             f"{source}: expected an official YOLO-World checkpoint (a dict with 'meta' and 'state_dict'), got a "
             f"{type(ckpt).__name__}."
         )
-    if isinstance(ckpt.get("model", ckpt.get("ema")), torch.nn.Module):
+    pickled = ckpt.get("model", ckpt.get("ema"))
+    if isinstance(pickled, torch.nn.Module) or is_placeholder(pickled):  # a placeholder: read without unpickling it
         raise CheckpointError(f"{source} is an Ultralytics-format checkpoint (a pickled model), not an official "
                               "YOLO-World one: give it a .pt suffix and load it as such.")
     sd = ckpt.get("state_dict", ckpt)

@@ -1,8 +1,8 @@
 # yw_ext, AGPL-3.0 license
 """Official YOLO-World (MMYOLO) ``.pth`` checkpoints -> ``YWDetectionModel``: read, convert, load.
 
-``{'meta': ..., 'state_dict': ...}`` files are read with tensors-only unpickling where possible (after checking the
-SHA-256 prefix in an official file name), their architecture is detected (``yw_ext.checkpoints.layout``), every
+``{'meta': ..., 'state_dict': ...}`` files are read without running code (tensors-only unpickling, else a restricted
+unpickler that leaves other objects as inert placeholders; after checking the SHA-256 prefix in an official file name), their architecture is detected (``yw_ext.checkpoints.layout``), every
 detector tensor is copied through the explicit key map (``yw_ext.checkpoints.keymaps`` / ``statemap``), the embedded
 CLIP text tower is kept (``yw_ext.checkpoints.text_tower``), and a vocabulary is installed so the model predicts at
 once. Re-parameterised files go to ``yw_ext.checkpoints.folded``.
@@ -24,9 +24,11 @@ import torch
 
 from yw_ext.checkpoints.errors import CheckpointError
 from yw_ext.checkpoints.folded import convert_folded
+from yw_ext.checkpoints.health import warn_non_finite
 from yw_ext.checkpoints.keymaps import ADAPTER_PREFIX, HF_TEXT_PREFIX, PROMPT_KEYS, TEXT_PREFIX, ignored_reason
 from yw_ext.checkpoints.layout import OfficialLayout, detect_layout, state_dict_of
 from yw_ext.checkpoints.names import coco_names, meta_names, parse_names
+from yw_ext.checkpoints.safe_pickle import PLACEHOLDERS_SHOWN, placeholders, safe_torch_load
 from yw_ext.checkpoints.statemap import build_detector
 from yw_ext.checkpoints.text_tower import text_encoder_from_state, text_state
 from yw_ext.core.log import LOGGER
@@ -213,22 +215,31 @@ def _verify_name_hash(path: Path) -> None:
 
 
 def _torch_load(path: Path) -> Any:
-    """``torch.load`` tensors-only; with full unpickling (and a warning) when the file holds other Python objects."""
+    """``torch.load`` tensors-only; when the file holds other pickled objects, the restricted unpickler.
+
+    The restricted unpickler (``yw_ext.checkpoints.safe_pickle``) rebuilds tensors, containers and numpy data and
+    turns every other object into an inert placeholder: nothing the file names is imported or called.
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower() or "unsupported global" not in str(e).lower():
+        if "weights only load failed" not in str(e).lower():
             raise
-        LOGGER.warning(f"yw_ext: '{path}' holds pickled Python objects besides tensors; reading it with full "
-                       "unpickling (only convert checkpoints from sources you trust).")
-        return torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = safe_torch_load(path)
+    found = placeholders(ckpt)
+    if found:
+        shown = ", ".join(found[:PLACEHOLDERS_SHOWN]) + (" ..." if len(found) > PLACEHOLDERS_SHOWN else "")
+        LOGGER.info(f"yw_ext: '{path}' holds pickled Python objects besides tensors ({shown}); they were read as "
+                    "inert placeholders (nothing in the file was imported or run). Only its tensors are used.")
+    return ckpt
 
 
 def read_official(path: str | Path) -> dict[str, Any]:
     """Read an official ``.pth`` file (tensors only when possible) after checking the hash in its name.
 
-    Files that hold pickled Python objects besides tensors and plain containers (some MMEngine training checkpoints)
-    are read with full unpickling and a warning: only convert files from sources you trust.
+    Files that hold pickled Python objects besides tensors and plain containers (MMEngine training checkpoints'
+    ``meta``) are read with a restricted unpickler: those objects become inert placeholders, and nothing the file
+    names is imported or called (``yw_ext.checkpoints.safe_pickle``).
 
     Raises:
         FileNotFoundError: no such file.
@@ -277,6 +288,7 @@ def load_official(
     path = Path(path).expanduser()
     ckpt = read_official(path)
     model = convert_official(ckpt, names=names, text_config=text_config, keep_text=keep_text, source=f"'{path}'")
+    warn_non_finite(model, f"'{path}'")
     model.pt_path = str(path)
     model.task = "detect"
     model.args = {**DEFAULT_CFG_DICT, "model": str(path), "task": "detect"}

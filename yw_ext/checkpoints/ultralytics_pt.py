@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from yw_ext.checkpoints.errors import CheckpointError, check_state_dict
+from yw_ext.checkpoints.health import warn_non_finite
 from yw_ext.core.io import atomic_write
 from yw_ext.core.log import LOGGER
 from yw_ext.nn.model import YWDetectionModel
@@ -108,6 +109,7 @@ def load_pt(path: str | Path) -> tuple[YWDetectionModel, dict[str, Any]]:
             f"'{path}' holds a {type(model).__name__}, not a YOLO-World model; yw_ext loads yw_ext checkpoints, "
             "Ultralytics' yolov8*-world*.pt and official YOLO-World .pth files."
         )
+    warn_non_finite(model, f"'{path}'")
     return model, ckpt
 
 

@@ -102,8 +102,9 @@ def load_class_texts(path: str | Path, names: list[str]) -> list[list[str]]:
         [['person', 'human'], ['bus']]
     """
     path = Path(path)
+    text = path.read_text(encoding="utf-8")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"class-text JSON '{path}' is not valid JSON: {e}") from e
     if not isinstance(raw, list):
@@ -111,22 +112,67 @@ def load_class_texts(path: str | Path, names: list[str]) -> list[list[str]]:
             f"class-text JSON '{path}' must be a list with one list of prompts per class, e.g. "
             f'[["person", "human"], ["bicycle"]]; got a {type(raw).__name__}.'
         )
+    lines = _entry_lines(text)
     if len(raw) != len(names):
+        where = f"line {lines[len(names)]}: entry {len(names)} is one too many" if len(raw) > len(names) else \
+            f"line {text.count(chr(10)) + 1}: the list ends after entry {len(raw) - 1}"
         raise ValueError(
             f"class-text JSON '{path}' has {len(raw)} entries but the dataset has {len(names)} classes "
             f"(names: {names[:5]}{' ...' if len(names) > 5 else ''}); it needs exactly one list of prompts per class, "
-            "in class order."
+            f"in class order ({where})."
         )
     out = []
     for i, item in enumerate(raw):
         group = [item] if isinstance(item, str) else item
         if not isinstance(group, list) or not group or not all(isinstance(t, str) and t.strip() for t in group):
             raise ValueError(
-                f"class-text JSON '{path}': entry {i} (class '{names[i]}') is {item!r}; each entry must be a non-empty "
-                "list of non-empty strings."
+                f"class-text JSON '{path}', line {lines[i]}: entry {i} (class '{names[i]}') is {item!r}; each entry "
+                "must be a non-empty list of non-empty strings."
             )
         out.append(list(dict.fromkeys(t.strip() for t in group)))
+    _check_text_order(path, out, names, lines)
     return out
+
+
+def _norm(text: str) -> str:
+    """Case-, space- and ``_``/``-``-insensitive form of a class name, for matching JSON prompts to names."""
+    return " ".join(re.sub(r"[_\-]+", " ", str(text)).lower().split())
+
+
+def _check_text_order(path: Path, texts: list[list[str]], names: list[str], lines: list[int]) -> None:
+    """Raise when entries are out of order for these names: entry ``i`` lacks its own name but holds the name of a
+    class ``j`` whose entry lacks ``j``'s name too (a swap or shift, not a shared synonym).
+
+    Entries whose prompts mention no class name at all are accepted (prompts may be free descriptions).
+    """
+    index = {}
+    for i, n in enumerate(names):
+        index.setdefault(_norm(n), i)
+    own = [{_norm(t) for t in group} for group in texts]
+    displaced = {i for i, n in enumerate(names) if _norm(n) not in own[i]}
+    for i in sorted(displaced):
+        group = texts[i]
+        other = [index[t] for t in own[i] if index.get(t, i) != i and index[t] in displaced]
+        if other:
+            j = min(other)
+            raise ValueError(
+                f"class-text JSON '{path}', line {lines[i]}: entry {i} {group} is the prompts of class {j} "
+                f"('{names[j]}'), but class {i} is '{names[i]}': the JSON does not match the dataset names (it needs "
+                "one list of prompts per class, in the order of the YAML's names)."
+            )
+
+
+def _entry_lines(text: str) -> list[int]:
+    """1-based line of each top-level entry of a JSON list (``text`` is known to be a valid JSON list)."""
+    dec, lines = json.JSONDecoder(), []
+    i = text.index("[") + 1
+    while True:
+        while text[i] in " \t\r\n,":
+            i += 1
+        if text[i] == "]":
+            return lines
+        lines.append(text.count("\n", 0, i) + 1)
+        _, i = dec.raw_decode(text, i)
 
 
 def class_texts(data: dict) -> list[list[str]]:
@@ -163,6 +209,11 @@ class YWMultiModalDataset(YOLOMultiModalDataset):
         ['human', 'dog', 'bike']
     """
 
+    def get_labels(self) -> list[dict]:
+        """Check every label file first (``check_labels``: fails naming file and line), then Ultralytics' labels."""
+        check_labels(self.get_label_files(), display_names(self.data), self.prefix)
+        return super().get_labels()
+
     def update_labels_info(self, label: dict) -> dict:
         """Attach every class's prompt list to the image's labels (``RandomLoadText`` picks among them)."""
         labels = super().update_labels_info(label)
@@ -184,6 +235,71 @@ class YWMultiModalDataset(YOLOMultiModalDataset):
                 for t in texts[int(c)]:
                     freq[t] += 1
         return freq or dict.fromkeys((t for g in texts for t in g), 0)
+
+
+def _label_line_problem(parts: list[str], nc: int) -> str | None:
+    """What is wrong with one split label line (``class x y w h`` or ``class x1 y1 ... xn yn``), or None."""
+    if len(parts) != 5 and (len(parts) < 7 or len(parts) % 2 == 0):
+        return f"{len(parts)} values; a line is 'class x y w h' (5 values) or 'class x1 y1 x2 y2 ...' (a polygon)"
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        return f"not numbers: {' '.join(parts)!r}"
+    c = values[0]
+    if c != int(c) or c < 0:
+        return f"class id {parts[0]} is not a non-negative integer"
+    if c >= nc:
+        return f"class id {int(c)}, but the dataset has {nc} names (ids 0-{nc - 1})"
+    if min(values[1:]) < 0 or max(values[1:]) > 1:
+        return f"coordinates {' '.join(parts[1:])} are not normalised to [0, 1]"
+    return None
+
+
+def check_labels(label_files: list[str], names: list[str], prefix: str = "") -> None:
+    """Fail before training on labels Ultralytics would only warn about and drop (with the image), or train on.
+
+    Ultralytics skips an image whose label file has a class id ``>= len(names)``, a malformed line or coordinates
+    outside [0, 1] (a warning in the scan log); here each is an error naming the file and the line. An empty or
+    missing label file is a background image (legitimate, as in Ultralytics), but a split where every label file is
+    empty or missing has nothing to learn (Ultralytics only warns "Labels are missing or empty") and is an error.
+
+    Args:
+        label_files: The label file of each image (``YOLODataset.get_label_files()``).
+        names: The dataset's class names.
+        prefix: Message prefix (the dataset's ``prefix``).
+
+    Raises:
+        ValueError: naming up to 10 ``file:line: problem`` entries and how many there are in all; or, when no image
+            has a label, the label folder and one of its empty files.
+
+    Examples:
+        >>> check_labels(["labels/train/a.txt"], ["person", "bus"])  # doctest: +SKIP
+        ValueError: ... labels/train/a.txt:2: class id 5, but the dataset has 2 names (ids 0-1)
+    """
+    problems, labelled, nc = [], 0, len(names)
+    for f in label_files:
+        try:
+            text = Path(f).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue  # missing: a background image
+        for n, line in enumerate(text.splitlines(), 1):
+            parts = line.split()
+            why = _label_line_problem(parts, nc) if parts else None
+            if why:
+                problems.append(f"{f}:{n}: {why}")
+        labelled += bool(text.split())
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ValueError(f"{prefix}{len(problems)} bad label line(s) (Ultralytics would drop these images); fix them "
+                         f"before training:\n  {shown}{more}")
+    if label_files and not labelled:
+        raise ValueError(
+            f"{prefix}no labels: all {len(label_files)} label files are empty or missing (in "
+            f"{Path(label_files[0]).parent}, e.g. {Path(label_files[0]).name}). An empty label file marks a background "
+            "image; a dataset of background images only has nothing to learn. Check that labels sit in a 'labels' "
+            "folder next to 'images', one .txt per image."
+        )
 
 
 def build_yw_dataset(cfg: Any, img_path: str | list[str], batch: int, data: dict, stride: int = 32):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 DEFAULT_MODE = "finetune"
@@ -139,6 +140,34 @@ def get_trainer(mode: str | None = None) -> type:
         listing = "; ".join(f"{k}: {v}" for k, v in available_modes().items())
         raise UnknownModeError(f"unknown training mode {mode!r}; modes: {', '.join(_MODES)} ({listing}).")
     return entry.resolve()
+
+
+def resume_mode(resume: Any, ckpt: dict | None = None) -> str | None:
+    """The ``mode=`` of the run a ``resume=`` value continues (``yw_mode`` in its checkpoint's ``train_args``).
+
+    Args:
+        resume: ``True`` (the checkpoint ``ckpt``, already loaded) or a checkpoint path; anything else gives None.
+        ckpt: The loaded checkpoint dict for ``resume=True``.
+
+    Returns:
+        The recorded mode, or None (not resuming, no such file, or a checkpoint from before modes were recorded).
+
+    Examples:
+        >>> resume_mode(True, {"train_args": {"yw_mode": "rep"}})
+        'rep'
+        >>> resume_mode(False) is None
+        True
+    """
+    if resume is True:
+        args = (ckpt or {}).get("train_args") if isinstance(ckpt, dict) else None
+    elif isinstance(resume, (str, Path)) and Path(resume).is_file():
+        from yw_ext.seam import load_checkpoint
+
+        args = (load_checkpoint(str(resume))[1] or {}).get("train_args")
+    else:
+        return None
+    mode = (args or {}).get("yw_mode")
+    return mode if isinstance(mode, str) and mode in _MODES else None
 
 
 def _rep_trainer_or_reason() -> tuple[Any, str | None]:

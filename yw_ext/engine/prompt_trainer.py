@@ -248,6 +248,9 @@ class YWPromptTrainer(YWTrainer):
         if not isinstance(adapter, bool):
             raise ValueError(f"adapter must be True or False, got {adapter!r}.")
         self.prompt_adapter = adapter
+        if len(str(overrides.get("device") or "").split(",")) > 1:  # refused here, before any device is selected
+            raise ValueError(f"mode='{self.mode_name}' trains on one device; multi-GPU (DDP) is not supported "
+                             f"(device={overrides['device']!r}): pass one device, e.g. device=0.")
         if overrides.get("resume"):
             raise ValueError(f"resume is not supported with mode='{self.mode_name}'; start a new run"
                              + (" with init='<last_prompts.npz>' to continue from a prompt file."
@@ -267,7 +270,7 @@ class YWPromptTrainer(YWTrainer):
         self._detector_src: YWDetectionModel | None = None
         self._detector_written = False
         super().__init__(cfg, overrides, _callbacks)
-        if self.world_size > 1:
+        if self.world_size > 1:  # e.g. device="" auto-selecting several devices
             raise ValueError(f"mode='{self.mode_name}' trains on one device; multi-GPU (DDP) is not supported.")
         self.last, self.best = self.wdir / "last_prompts.npz", self.wdir / "best_prompts.npz"
 

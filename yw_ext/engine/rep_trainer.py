@@ -39,6 +39,7 @@ class YWRepTrainer(YWTrainer):
     """
 
     fixed_vocabulary = True
+    mode_name = "rep"
 
     def get_dataset(self) -> dict:
         """Check the detection dataset; grounding data needs an open vocabulary, so it is refused here."""

@@ -16,7 +16,10 @@
 - detection data alone (``data="coco128.yaml"``) or mixed with grounding data (``data={"train": {"yolo_data": [...],
   "grounding_data": [...]}, "val": {"yolo_data": [...]}}``, which ``YOLOWorld.train(grounding_data=...)`` builds;
   laid out by ``yw_ext.engine.grounding.resolve_mixed_data``);
-- clear errors before training for unavailable datasets, class-text JSONs of the wrong length and bad grounding JSON.
+- clear errors before training for unavailable datasets, class-text JSONs of the wrong length and bad grounding JSON;
+- what yw_ext knows beyond Ultralytics' arguments (the mode, the model's scale and text width, the text encoder) rides
+  in the trainer's ``args`` as ``yw_*`` keys (``RUN_KEYS``), so a trainer rebuilt from ``vars(args)`` alone (a DDP
+  worker) or from a checkpoint's ``train_args`` (``resume=True``) trains the same model on the same vocabulary.
 
 Trainers of a fixed vocabulary (``fixed_vocabulary = True``: the dataset's classes, folded in ``rep_trainer``,
 learnable in ``prompt_trainer``) train on plain detection datasets without per-image texts, with a K-class loss.
@@ -31,6 +34,7 @@ Examples:
 from __future__ import annotations
 
 import itertools
+import os
 from copy import copy
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -40,11 +44,13 @@ import torch
 from yw_ext.engine.dataset import build_yw_dataset, check_dataset_available, class_texts, display_names
 from yw_ext.engine.grounding import check_grounding, is_mixed, normalize_grounding, resolve_mixed_data, val_data
 from yw_ext.engine.validator import YWValidator
+from yw_ext.nn.build import load_model_cfg
 from yw_ext.nn.model import YWDetectionModel
 from yw_ext.seam import (
     DEFAULT_CFG,
     LOGGER,
     RANK,
+    YAML,
     DetectionTrainer,
     YOLOConcatDataset,
     build_grounding,
@@ -54,6 +60,24 @@ from yw_ext.seam import (
     world_set_classes_callback,
 )
 from yw_ext.vocab import pad_prompts
+
+
+RUN_KEYS = ("yw_mode", "yw_scale", "yw_embed_dim", "yw_text_encoder", "yw_text_encoder_id")
+"""yw_ext's own run state, kept as extra keys of a trainer's ``args``: the ``mode=``, the model's scale and text width
+(a model built from a YAML), the text encoder's source (a local path, or None) and identity. Ultralytics saves
+``vars(args)`` as a checkpoint's ``train_args`` and hands it to DDP workers as their overrides; ``YWTrainer.__init__``
+takes the keys out of the overrides (Ultralytics' argument check refuses unknown keys) and puts them back."""
+
+
+def split_run_keys(overrides: dict | None) -> tuple[dict, dict]:
+    """``(overrides without yw_ext's run keys, the run keys)``; neither input is modified.
+
+    Examples:
+        >>> split_run_keys({"epochs": 2, "yw_mode": "rep"})
+        ({'epochs': 2}, {'yw_mode': 'rep'})
+    """
+    rest = dict(overrides or {})
+    return rest, {k: rest.pop(k) for k in RUN_KEYS if k in rest}
 
 
 def class_criterion(model: torch.nn.Module, num_classes: int):
@@ -117,22 +141,51 @@ class YWTrainer(DetectionTrainer):
     """
 
     fixed_vocabulary = False
+    mode_name = "finetune"  # the mode= value (yw_ext.engine.modes), recorded as args.yw_mode
 
     def __init__(self, cfg=None, overrides: dict | None = None, _callbacks: dict | None = None):
-        """Initialize like Ultralytics' trainers; the dataset, its class texts and grounding data are checked here."""
+        """Initialize like Ultralytics' trainers; the dataset, its class texts and grounding data are checked here.
+
+        ``overrides`` may hold yw_ext's run keys (``RUN_KEYS``: a DDP worker's overrides are the parent's args).
+        """
         if (overrides or {}).get("compile"):
             raise ValueError("yw_ext training needs compile=False (text embeddings vary per batch), as Ultralytics' "
                              "YOLO-World trainers.")
+        overrides, carried = split_run_keys(overrides)
         self.training_data = None
         self.text_embeddings: dict | None = None
         self._text_index: dict[str, int] = {}
         self._text_matrix: torch.Tensor | None = None
         self.text_encoder_id: str | None = None
+        self._text_encoder = None
         super().__init__(DEFAULT_CFG if cfg is None else cfg, overrides, _callbacks)
+        self.restore_run_state(carried)
         ema_vocabulary = () if self.fixed_vocabulary else (set_ema_vocabulary,)
         # upstream's callback would set names only (no synonyms), with its own encoder call
         replace_callbacks(self, "on_pretrain_routine_end", remove=(world_set_classes_callback, set_ema_vocabulary),
                           add=ema_vocabulary)
+
+    def restore_run_state(self, carried: dict) -> None:
+        """Put yw_ext's run keys on ``self.args``: a resumed run's from its checkpoint, else ``carried``.
+
+        Raises:
+            ValueError: resuming a checkpoint trained with another ``mode=`` (it names the mode to resume with).
+        """
+        if self.resume:  # check_resume replaced self.args by the checkpoint's train_args, run keys included
+            was = getattr(self.args, "yw_mode", None)
+            if was and was != self.mode_name:
+                raise ValueError(f"{self.args.resume} was trained with mode='{was}'; resume it with mode='{was}' (or "
+                                 f"YOLOWorld('{self.args.resume}').train(resume=True), which reads the mode from it), "
+                                 f"not mode='{self.mode_name}'.")
+        else:
+            for k, v in carried.items():
+                setattr(self.args, k, v)
+        for k in RUN_KEYS:
+            if not hasattr(self.args, k):
+                setattr(self.args, k, None)
+        self.args.yw_mode = self.mode_name
+        if RANK in {-1, 0}:  # Ultralytics wrote args.yaml before the run keys were set
+            YAML.save(self.save_dir / "args.yaml", vars(self.args))
 
     # ----------------------------------------------------------------------------------------------------- model
     def get_model(self, cfg=None, weights=None, verbose: bool = True) -> YWDetectionModel:
@@ -150,19 +203,25 @@ class YWTrainer(DetectionTrainer):
                 "to fine-tune. Train the unfolded model (mode='finetune'), or fine-tune the folded weights with "
                 "mode='rep' on a dataset with the same classes."
             )
-        model = YWDetectionModel(
-            cfg if cfg is not None else self.args.model,
-            ch=self.data["channels"],
-            nc=min(self.data["nc"], 80),
-            verbose=verbose and RANK == -1,
-        )
+        cfg = cfg if cfg is not None else self.args.model
+        if not isinstance(cfg, dict) and (self.args.yw_scale or self.args.yw_embed_dim):  # rebuilt from args alone
+            cfg = load_model_cfg(cfg, scale=self.args.yw_scale, embed_dim=self.args.yw_embed_dim)
+        model = YWDetectionModel(cfg, ch=self.data["channels"], nc=min(self.data["nc"], 80),
+                                 verbose=verbose and RANK == -1)
         if weights:
             model.load(weights)
+        self.args.yw_scale, self.args.yw_embed_dim = model.yaml.get("scale"), int(model.embed_dim)
         return model
 
     def get_validator(self) -> YWValidator:
-        """Return a ``YWValidator`` (a DetectionValidator that understands yw_ext vocabularies)."""
-        return YWValidator(self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks)
+        """Return a ``YWValidator`` (a DetectionValidator that understands yw_ext vocabularies).
+
+        Its arguments are the trainer's without yw_ext's run keys (Ultralytics' argument check refuses unknown keys).
+        """
+        args = copy(self.args)
+        for k in RUN_KEYS:
+            vars(args).pop(k, None)
+        return YWValidator(self.test_loader, save_dir=self.save_dir, args=args, _callbacks=self.callbacks)
 
     def set_model_attributes(self) -> None:
         """Ultralytics' (names, nc, args); with a fixed vocabulary: args and the K-class loss (names are the model's:
@@ -261,14 +320,42 @@ class YWTrainer(DetectionTrainer):
         """
         if model is None:
             model = unwrap_model(self.model) if isinstance(self.model, torch.nn.Module) else None
+        enc = self.text_encoder(model)
         if model is not None and hasattr(model, "encode_text"):
-            emb, self.text_encoder_id = model.encode_text(list(texts), batch=256)
+            emb, self.text_encoder_id = model.encode_text(list(texts), encoder=enc, batch=256)
         else:
-            from yw_ext.text import encode_texts, load_clip
+            from yw_ext.text import encode_texts
 
-            enc = load_clip()
             emb, self.text_encoder_id = encode_texts(enc, list(texts), batch=256), enc.identity
         return emb.float().to(self.device)
+
+    def text_encoder(self, model: torch.nn.Module | None = None):
+        """This run's text encoder, resolved once and recorded in ``args`` (``yw_text_encoder`` / ``_id``).
+
+        Resolved as ``YWDetectionModel.encode_text`` does (``$YW_CLIP``, else the model's text tower, else
+        ``load_clip()``); a resumed run or DDP worker without ``$YW_CLIP`` uses the recorded source.
+
+        Raises:
+            ValueError: the encoder found differs from the one the run started with (its identity is recorded), which
+                would give the same classes other embeddings.
+        """
+        if self._text_encoder is not None:
+            return self._text_encoder
+        from yw_ext.text.clip import ENV_CLIP
+        from yw_ext.text.vocabulary import resolve_text_encoder
+
+        src, want = self.args.yw_text_encoder, self.args.yw_text_encoder_id
+        use = src if src and not os.environ.get(ENV_CLIP, "").strip() and Path(src).exists() else None
+        enc = resolve_text_encoder(use, getattr(model, "text_encoder_state", None))
+        if want and enc.identity != want:
+            raise ValueError(f"this run's class texts were encoded with text encoder {src or '(embedded tower)'} "
+                             f"(identity {want}), but {enc.source} (identity {enc.identity}) is found now; set "
+                             f"{ENV_CLIP} to the run's encoder.")
+        source = str(getattr(enc, "source", "") or "")
+        self.args.yw_text_encoder = source if source and Path(source).exists() else None
+        self.args.yw_text_encoder_id = enc.identity
+        self._text_encoder = enc
+        return enc
 
     def set_text_embeddings(self, datasets: list[Any], batch: int | None) -> None:
         """Embed every text the training datasets can sample (all class prompts, grounding phrases) once."""

@@ -17,6 +17,10 @@ Arguments (besides Ultralytics' ``format``, ``imgsz``, ``dynamic``, ``batch``, `
 - ``out=``: destination path (default: next to the weights, as Ultralytics; ``<stem>_dynvocab.onnx`` for
   run-time vocabularies).
 - ``nms=True``: ``(B, max_det, 6)`` output; ``trt_nms="efficient"`` uses TensorRT's ``EfficientNMS_TRT`` plugin.
+- ``scores="max"`` / ``"full"``: reduce over classes inside the graph (each anchor's best logit and class, one
+  sigmoid; raw output ``(B, 6, A)``, the same NMS detections as ``multi_label=False``) or keep every class's score
+  (``(B, 4 + K, A)``). Default: ``"max"`` with ``nms=True``, ``"full"`` without (Ultralytics' raw layout);
+  ``yw_ext.runtime.Detector`` reads both (``ExportOptions.scores``).
 - TensorRT (``format="engine"``): ``prompts=(min, opt, max)`` (the K range of a dynamic-vocabulary engine; required),
   ``calib_images=`` (INT8 calibration image count, default 512); see ``yw_ext.export.tensorrt``.
 
@@ -40,7 +44,8 @@ from typing import Any
 
 from yw_ext.core.log import LOGGER  # Ultralytics' logger (the same object), looked up without importing it
 
-YW_EXPORT_KEYS = ("dynamic_vocab", "default_vocab", "max_prompts", "trt_nms", "out", "prompts", "calib_images", "chunk")
+YW_EXPORT_KEYS = ("dynamic_vocab", "default_vocab", "max_prompts", "trt_nms", "out", "prompts", "calib_images", "chunk",
+                  "scores")
 FORMAT_ALIASES = {"tensorrt": "engine", "trt": "engine", "ov": "openvino"}
 
 
@@ -204,6 +209,7 @@ def export_model(yolo, **kwargs: Any) -> str:
         default_vocab=bool(yw.get("default_vocab", True)),
         max_prompts=int(yw.get("max_prompts", vocab.MAX_PROMPTS)),
         trt_nms=str(yw.get("trt_nms", "onnx")),
+        scores=yw.get("scores"),
     )
     custom = {"imgsz": src.args["imgsz"] if isinstance(getattr(src, "args", None), dict) and "imgsz" in src.args
               else 640, "batch": 1, "data": None, "device": None, "verbose": False}

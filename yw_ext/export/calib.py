@@ -101,7 +101,8 @@ def calibration_batches(
     Args:
         data: See ``calibration_images``.
         imgsz: Export size ``(h, w)`` or an int.
-        batch: Images per batch (incomplete last batches are dropped; fewer images than ``batch`` give one batch).
+        batch: Images per batch. Every batch has exactly ``batch`` images (the calibrator declares that shape):
+            an incomplete last batch is dropped, and fewer images than ``batch`` are repeated to fill one batch.
         n_images: Most images used (None: all).
         stride: Model stride (letterbox without ``auto``: the full export size).
         split: YAML split.
@@ -111,13 +112,15 @@ def calibration_batches(
 
     Examples:
         >>> x = next(calibration_batches(["bus.jpg"], imgsz=64, batch=4))  # doctest: +SKIP
-        >>> x.shape, x.dtype  # doctest: +SKIP
-        ((1, 3, 64, 64), dtype('float32'))
+        >>> x.shape, x.dtype  # one image, repeated to fill the batch  # doctest: +SKIP
+        ((4, 3, 64, 64), dtype('float32'))
     """
     from yw_ext.runtime.ops import letterbox, load_image, preprocess
 
     files = calibration_images(data, split)[: n_images or None]
-    batch = max(1, min(int(batch), len(files)))
+    batch = max(1, int(batch))
+    if len(files) < batch:  # repeat the images: a shorter batch would not have the shape the consumer declared
+        files = [files[i % len(files)] for i in range(batch)]
     size = (int(imgsz), int(imgsz)) if isinstance(imgsz, (int, np.integer)) else tuple(int(v) for v in imgsz)
     for i in range(0, len(files) - batch + 1, batch):
         ims = [letterbox(load_image(f), size, auto=False, stride=stride)[0] for f in files[i : i + batch]]

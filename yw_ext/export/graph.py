@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 from torchvision.ops import nms as _tv_nms  # imported here: importing torchvision while tracing fails
 
-from yw_ext.seam import ImagePoolingAttn, WorldDetect, detect_inference
+from yw_ext.nn.rep import reduce_scores
+from yw_ext.seam import ImagePoolingAttn, WorldDetect, decode_boxes, detect_inference
 
 MAX_WH = 7680  # Ultralytics' class offset for class-aware NMS (ultralytics.utils.nms.non_max_suppression)
 
@@ -55,10 +56,17 @@ class DynamicVocabDetect(WorldDetect):
             text: Prompt embeddings ``(B, P, D)``.
 
         Returns:
-            Decoded ``(B, 4 + P, A)`` in export mode, else ``(y, preds)`` as ``WorldDetect``.
+            Decoded ``(B, 4 + P, A)`` in export mode, else ``(y, preds)`` as ``WorldDetect``; with ``score_mode =
+            "max"`` (set by the exporter) ``(B, 6, A)`` rows ``[box, best score, best prompt]`` instead.
         """
         feats = list(x)
         boxes = torch.cat([self.cv2[i](x[i]).flatten(2) for i in range(self.nl)], 2)  # (B, 4 * reg_max, A)
+        if getattr(self, "score_mode", "full") == "max" and not self.training:  # best prompt per anchor only
+            best, idx = zip(*(self.cv4[i](self.cv3[i](x[i]), text).flatten(2).max(1) for i in range(self.nl)))
+            best, idx = torch.cat(best, 1), torch.cat(idx, 1)  # (B, A): best logit, its prompt
+            preds = {"boxes": boxes, "scores": best.unsqueeze(1), "feats": feats}
+            y = torch.cat((decode_boxes(self, preds), reduce_scores(best, idx)), 1)  # (B, 6, A)
+            return y if self.export else (y, preds)
         scores = torch.cat([self.cv4[i](self.cv3[i](x[i]), text).flatten(2) for i in range(self.nl)], 2)  # (B, P, A)
         preds = {"boxes": boxes, "scores": scores, "feats": feats}
         if self.training:
@@ -169,6 +177,8 @@ class BatchedNMS(nn.Module):
         iou: IoU threshold (suppressed: ``IoU > iou``).
         max_det: Rows per image (zero-padded).
         agnostic: Class-agnostic NMS.
+        reduced: The input is ``(B, 6, A)`` ``[box, best score, class]`` (a head with ``score_mode = "max"``), not
+            ``(B, 4 + K, A)`` per-class scores.
 
     Examples:
         >>> nms = BatchedNMS(conf=0.1, iou=0.5, max_det=3)
@@ -178,18 +188,23 @@ class BatchedNMS(nn.Module):
         (2, 3, 6)
     """
 
-    def __init__(self, conf: float = 0.25, iou: float = 0.7, max_det: int = 300, agnostic: bool = False):
+    def __init__(self, conf: float = 0.25, iou: float = 0.7, max_det: int = 300, agnostic: bool = False,
+                 reduced: bool = False):
         """Store the thresholds (they are constants of the exported graph)."""
         super().__init__()
         if not 0 <= conf <= 1 or not 0 <= iou <= 1 or max_det < 1:
             raise ValueError(f"need 0 <= conf ({conf}), iou ({iou}) <= 1 and max_det ({max_det}) >= 1.")
         self.conf, self.iou, self.max_det, self.agnostic = float(conf), float(iou), int(max_det), bool(agnostic)
+        self.reduced = bool(reduced)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """NMS of decoded predictions ``(B, 4 + K, A)`` (boxes xyxy in input pixels)."""
+        """NMS of decoded predictions ``(B, 4 + K, A)`` (or ``(B, 6, A)`` when ``reduced``; boxes xyxy, pixels)."""
         boxes = y[:, :4].transpose(1, 2)  # (B, A, 4)
-        scores, cls = y[:, 4:].max(1)  # (B, A)
-        cls = cls.to(y.dtype)
+        if self.reduced:
+            scores, cls = y[:, 4], y[:, 5]  # (B, A)
+        else:
+            scores, cls = y[:, 4:].max(1)  # (B, A)
+            cls = cls.to(y.dtype)
         nms_boxes = boxes if self.agnostic else boxes + (cls * MAX_WH).unsqueeze(-1)  # class-aware, as predict
         sel = _NMSOp.apply(nms_boxes, scores.unsqueeze(1), self.max_det, self.iou, self.conf)  # (M, 3)
         bi, ai = sel[:, 0], sel[:, 2]  # image, anchor

@@ -55,6 +55,13 @@ class ExportOptions:
         max_prompts: Largest P the runtime accepts (recorded in the metadata; ``yw_ext.vocab.MAX_PROMPTS``).
         trt_nms: NMS implementation when ``nms=True``: ``"onnx"`` (``NonMaxSuppression``, runs everywhere) or
             ``"efficient"`` (TensorRT's ``EfficientNMS_TRT`` plugin; TensorRT only).
+        scores: ``"max"``: the graph keeps each anchor's best class only, reduced over the classifier's logits inside
+            the graph (max and argmax over the prompts, one sigmoid per anchor, ``yw_ext.nn.rep.reduce_scores``);
+            raw output ``(B, 6, A)`` ``[x, y, w, h, score, class]`` (class = prompt index for run-time
+            vocabularies), or the NMS rows. ``"full"``: every class's score, ``(B, 4 + K, A)`` (Ultralytics'
+            layout; for ``multi_label`` NMS or per-class scores). None: ``"max"`` with ``nms=True`` (the same
+            detections, the default ONNX NMS), else ``"full"`` (Ultralytics' ``AutoBackend`` reads raw outputs as
+            ``4 + K`` channels). ``trt_nms="efficient"`` needs ``"full"`` (the plugin scores every class).
         extra_metadata: More metadata entries.
     """
 
@@ -62,7 +69,24 @@ class ExportOptions:
     default_vocab: bool = True
     max_prompts: int = 4096
     trt_nms: str = "onnx"
+    scores: str | None = None
     extra_metadata: dict | None = None
+
+    def score_mode(self, nms: bool) -> str:
+        """The resolved ``scores`` for a graph with (``nms=True``) or without in-graph NMS.
+
+        Examples:
+            >>> ExportOptions().score_mode(True), ExportOptions().score_mode(False)
+            ('max', 'full')
+            >>> ExportOptions(trt_nms="efficient").score_mode(True), ExportOptions(scores="max").score_mode(False)
+            ('full', 'max')
+        """
+        mode = self.scores if self.scores is not None else ("max" if nms and self.trt_nms == "onnx" else "full")
+        if mode not in {"max", "full"}:
+            raise ValueError(f"scores must be 'max' or 'full', got {mode!r}.")
+        if mode == "max" and nms and self.trt_nms == "efficient":
+            raise ValueError("trt_nms='efficient' needs scores='full' (TensorRT's EfficientNMS scores every class).")
+        return mode
 
 
 def vocab_metadata(model: torch.nn.Module, opts: ExportOptions) -> dict[str, Any]:
@@ -141,9 +165,22 @@ def _make_nms(args: Any, opts: ExportOptions) -> torch.nn.Module | None:
         return None
     if opts.trt_nms not in {"onnx", "efficient"}:
         raise ValueError(f"trt_nms must be 'onnx' or 'efficient', got {opts.trt_nms!r}.")
-    cls = EfficientNMS if opts.trt_nms == "efficient" else BatchedNMS
-    return cls(conf=0.25 if args.conf is None else args.conf, iou=args.iou, max_det=args.max_det,
-               agnostic=bool(args.agnostic_nms))
+    kw = {"conf": 0.25 if args.conf is None else args.conf, "iou": args.iou, "max_det": args.max_det,
+          "agnostic": bool(args.agnostic_nms)}
+    if opts.trt_nms == "efficient":
+        return EfficientNMS(**kw)
+    return BatchedNMS(**kw, reduced=opts.score_mode(True) == "max")
+
+
+def _set_score_mode(model: torch.nn.Module, mode: str, dynamic_vocab: bool) -> None:
+    """Put the head of the export copy ``model`` in ``score_mode`` ``mode`` (``"max"``: ``(B, 6, A)`` outputs).
+
+    A fixed graph's classes are ``prompts_per_class`` consecutive prompts (class = best prompt // G); a run-time
+    vocabulary's graph scores prompts (the runtime maps prompts to classes).
+    """
+    head = model.model[-1]
+    head.score_mode = mode
+    head.score_groups = 1 if dynamic_vocab else int(getattr(model, "prompts_per_class", 1) or 1)
 
 
 def _graph_io(
@@ -162,8 +199,8 @@ def _graph_io(
         # expands it); a dynamic text batch next to a fixed image batch is unified with B by onnxslim, which then
         # drops the broadcast (see _specialised_dims)
         dynamic[TXT_INPUT] = {0: "text_batch", 1: "prompts"} if args.dynamic else {1: "prompts"}
-        if not args.nms:
-            out_dims[1] = "outputs"  # 4 + P
+        if not args.nms and opts.score_mode(False) == "full":
+            out_dims[1] = "outputs"  # 4 + P (6 with scores="max")
     if not args.nms and hw_dynamic:
         out_dims[2] = "anchors"
     if out_dims:
@@ -193,6 +230,7 @@ def _finish(proto, model: torch.nn.Module, args: Any, metadata: dict[str, Any], 
     if args.dynamic and not hw_dynamic:  # predictors must letterbox to the fixed size (Ultralytics reads args.dynamic)
         meta["args"] = {**meta.get("args", {}), "dynamic": False}
     meta.update(vocab_metadata(model, opts))
+    meta["scores"] = opts.score_mode(bool(args.nms))
     meta.update(opts.extra_metadata or {})
     add_metadata(proto, meta)
     cap_ir_version(proto)
@@ -241,6 +279,7 @@ def write_onnx(
     nms = _make_nms(args, opts)
     if opts.dynamic_vocab:
         make_vocab_dynamic(model)
+    _set_score_mode(model, opts.score_mode(bool(args.nms)), opts.dynamic_vocab)
     graph = ExportGraph(model, nms=nms, dynamic_vocab=opts.dynamic_vocab).eval()
     # YOLO-World v1's image-pooling attention (adaptive max pooling) exports only for a known image size: the
     # pools become explicit slices (also for a fixed size: the exporter takes only sizes that divide the input's),

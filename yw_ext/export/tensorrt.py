@@ -13,9 +13,15 @@ Python API because Ultralytics' ``onnx2engine`` gives every input an image-shape
 3. ``engine_build_args``: a pure function from the ONNX inputs and the request to optimisation profiles, builder
    flags and the workspace;
 4. ``build_engine``: TensorRT (GPU): parse, profiles, FP16 / INT8 (an entropy calibrator over letterboxed COCO128
-   batches from ``yw_ext.export.calib``; TensorRT >= 11, which dropped implicit INT8, goes through Ultralytics'
-   ModelOpt Q/DQ path), build, and write ``<4-byte length><JSON metadata><engine>`` as Ultralytics does, so
+   batches from ``yw_ext.export.calib``, fed in exactly the shapes the calibration profile declares; TensorRT >= 11,
+   which dropped the precision flags and implicit INT8, goes through Ultralytics' ModelOpt path for fixed
+   vocabularies, and refuses FP16 / INT8 dynamic-vocabulary engines, whose ``txt_feats`` ModelOpt would leave
+   uncalibrated), build, and write ``<4-byte length><JSON metadata><engine>`` as Ultralytics does, so
    ``ultralytics.YOLO("x.engine")`` reads fixed-vocabulary engines and ``yw_ext.runtime.Detector`` reads both.
+
+Supported TensorRT: 10.x (the ``tensorrt`` extra pins ``>=10,<11``: the version whose builder flags and entropy
+calibrator this module drives); 8.6 still works for FP32 / FP16 (the runtime guards names added in 10); 11 for
+FP32 engines and fixed-vocabulary FP16 / INT8 (ModelOpt, ``nvidia-modelopt[onnx]``).
 
 Engines with dynamic batch: images ``(B, 3, H, W)`` get ``B`` in ``[1, batch]`` and, with ``dynamic=True``, ``H, W``
 in ``[32, 2 * imgsz]`` (Ultralytics' range), optimum at ``imgsz``; ``txt_feats`` ``(1 or B, K, D)`` gets its first
@@ -124,6 +130,35 @@ def require_gpu() -> None:
     except ImportError as e:
         raise RuntimeError("TensorRT export needs the `tensorrt` package (pip install tensorrt, matching your CUDA; "
                            "or the yw_ext 'tensorrt' extra).") from e
+
+
+def check_precision_path(trt_version: str, request: EngineRequest) -> bool:
+    """Whether the build goes through ModelOpt (TensorRT >= 11 with FP16 / INT8); refuse what that path cannot do.
+
+    TensorRT 11 builds strongly typed networks only: reduced precision is baked into the ONNX by NVIDIA ModelOpt
+    (``yw_ext.seam.modelopt_quantize_onnx``, Ultralytics' helper). That helper calibrates the graph's first input
+    only, so a dynamic-vocabulary graph's ``txt_feats`` (and the text path behind it) would be converted or
+    quantised from no data at all. Such requests are refused here, before any work.
+
+    Raises:
+        ValueError: a dynamic-vocabulary FP16 / INT8 engine on TensorRT >= 11.
+
+    Examples:
+        >>> check_precision_path("10.13.0", EngineRequest(True, 8, (1, 80, 1203)))
+        False
+        >>> check_precision_path("11.4.0", EngineRequest(False, 16, None))
+        True
+    """
+    major = int(str(trt_version).split(".", 1)[0])
+    modelopt = major >= 11 and request.precision in (8, 16)
+    if modelopt and request.dynamic_vocab:
+        raise ValueError(
+            f"TensorRT {trt_version} builds FP16 / INT8 only from ONNX graphs converted by NVIDIA ModelOpt, which "
+            "calibrates the images input only and would leave the txt_feats input of a dynamic-vocabulary engine "
+            "uncalibrated. Build this engine with TensorRT 10 (pip install 'tensorrt>=10,<11', the yw_ext "
+            "'tensorrt' extra), or as FP32 (no quantize / half), or export a fixed vocabulary (dynamic_vocab=False)."
+        )
+    return modelopt
 
 
 def onnx_inputs(proto_or_path: Any, include_defaults: bool = False) -> dict[str, list]:
@@ -337,6 +372,63 @@ def write_engine_file(path: str | Path, engine: bytes, metadata: dict[str, Any])
     atomic_write(path, write)
 
 
+def calibration_feeds(shapes: dict[str, tuple], defaults: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The constant calibration inputs besides the images: ``txt_feats`` in its declared calibration shape.
+
+    TensorRT calibrates at the calibration shapes (the profile's optimum, ``engine_build_args``), so every buffer
+    handed to it must hold exactly that many elements: a ``(1, K_opt, D)`` ``txt_feats`` is built from the stored
+    ``(1, P, D)`` vocabulary by repeating its prompts (``K_opt > P``) or taking the first ``K_opt`` (``K_opt < P``),
+    and repeated over the declared text batch.
+
+    Raises:
+        ValueError: the ONNX stores no vocabulary (``default_vocab=False``), or its width is not the declared one.
+
+    Examples:
+        >>> d = {"txt_feats": np.arange(6, dtype=np.float32).reshape(1, 3, 2)}
+        >>> calibration_feeds({"images": (1, 3, 64, 64), "txt_feats": (1, 5, 2)}, d)["txt_feats"][0, :, 0]
+        array([0., 2., 4., 0., 2.], dtype=float32)
+    """
+    if TXT_INPUT not in shapes:
+        return {}
+    if TXT_INPUT not in defaults:
+        raise ValueError("INT8 calibration of a dynamic-vocabulary engine needs the vocabulary stored in the ONNX "
+                         "(export with default_vocab=True after set_classes).")
+    tb, k, d = (int(v) for v in shapes[TXT_INPUT])
+    v = np.asarray(defaults[TXT_INPUT], np.float32).reshape(-1, np.shape(defaults[TXT_INPUT])[-1])  # (P, D)
+    if v.shape[1] != d or not len(v):
+        raise ValueError(f"stored {TXT_INPUT} {np.shape(defaults[TXT_INPUT])} does not fit the declared calibration "
+                         f"shape {(tb, k, d)}.")
+    rows = v[np.arange(k) % len(v)]  # (K_opt, D)
+    return {TXT_INPUT: np.array(np.broadcast_to(rows[None], (tb, k, d)))}  # (tb, K_opt, D), a writable copy
+
+
+def _use_timing_cache(config: Any, path: str | Path | None) -> None:
+    """Load a TensorRT timing cache from ``path`` (an empty one when absent or from another TensorRT / GPU)."""
+    if path is None:
+        return
+    blob = Path(path).read_bytes() if Path(path).is_file() else b""
+    if not config.set_timing_cache(config.create_timing_cache(blob), False):  # a mismatching cache: start afresh
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+
+
+def _configure(trt: Any, builder: Any, config: Any, args: dict, modelopt: bool, opt_level: int | None) -> Any:
+    """Optimisation profile, precision flags and optimisation level; returns the profile (or None)."""
+    profile = None
+    if args["profiles"][0]:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in args["profiles"][0].items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    if not modelopt:
+        if "FP16" in args["flags"]:
+            config.set_flag(trt.BuilderFlag.FP16)
+        if "INT8" in args["flags"]:
+            config.set_flag(trt.BuilderFlag.INT8)
+    if opt_level is not None:
+        config.builder_optimization_level = int(opt_level)  # TensorRT >= 8.6; lower builds faster, runs slower
+    return profile
+
+
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
@@ -348,6 +440,8 @@ def build_engine(
     data: Any = None,
     calib_images: int = 512,
     verbose: bool = False,
+    timing_cache: str | Path | None = None,
+    opt_level: int | None = None,
 ) -> str:
     """Build a TensorRT engine from a yw_ext ONNX (needs a CUDA GPU and ``tensorrt``).
 
@@ -362,12 +456,16 @@ def build_engine(
         data: INT8 calibration images (see ``yw_ext.export.calib``).
         calib_images: Most calibration images.
         verbose: TensorRT verbose logging.
+        timing_cache: A TensorRT timing cache file, read if present and written back (atomically) after the build:
+            later builds of similar graphs skip the kernel timings already made.
+        opt_level: ``builder_optimization_level`` (TensorRT's default 3 when None; 0-1 build much faster).
 
     Returns:
         The engine path.
 
     Raises:
         RuntimeError: no GPU / tensorrt, ONNX parse failure, build failure.
+        ValueError: a dynamic-vocabulary FP16 / INT8 engine on TensorRT >= 11 (``check_precision_path``).
 
     Examples:
         >>> req = check_engine_request(dynamic_vocab=True, quantize=16, prompts=(1, 80, 1203))
@@ -376,56 +474,59 @@ def build_engine(
     """
     require_gpu()
     import tensorrt as trt
-    import torch
 
+    modelopt = check_precision_path(trt.__version__, request)
+    major = int(trt.__version__.split(".", 1)[0])
     prep = prepare_onnx_for_tensorrt(onnx_path)
     args = engine_build_args(prep["inputs"], batch=batch, imgsz=imgsz, dynamic=dynamic, prompts=request.prompts,
                              precision=request.precision, workspace=workspace)
-    meta = engine_metadata(prep["metadata"], request)
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")  # EfficientNMS_TRT
     builder = trt.Builder(logger)
-    major = int(trt.__version__.split(".", 1)[0])
     network = builder.create_network(0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
     config = builder.create_builder_config()
     if args["workspace_bytes"]:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, args["workspace_bytes"])
-    onnx_file = prep["path"]
-    if major >= 11 and request.precision in (8, 16):  # strongly typed only: bake precision into the ONNX (ModelOpt)
-        from yw_ext.seam import modelopt_quantize_onnx
-
-        loader = None
-        if request.precision == 8:
-            from yw_ext.export.calib import calibration_batches
-
-            loader = [{"img": torch.from_numpy((x * 255).round().astype(np.uint8))}
-                      for x in calibration_batches(data, imgsz, batch=8, n_images=calib_images)]
-        shape = args["calibration_shapes"]["images"]
-        onnx_file = modelopt_quantize_onnx(onnx_file, request.precision, loader, shape, bool(dynamic))
+    onnx_file = _modelopt_onnx(prep["path"], request, args, data, imgsz, dynamic, calib_images) if modelopt \
+        else prep["path"]
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_file)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_file}: {errors}")
-    profile_shapes = args["profiles"][0]
-    if profile_shapes:
-        profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in profile_shapes.items():
-            profile.set_shape(name, lo, opt, hi)
-        config.add_optimization_profile(profile)
-    if major < 11:
-        if "FP16" in args["flags"]:
-            config.set_flag(trt.BuilderFlag.FP16)
-        if "INT8" in args["flags"]:
-            config.set_flag(trt.BuilderFlag.INT8)
-            config.int8_calibrator = _calibrator(trt, torch, data, imgsz, args["calibration_shapes"], prep["defaults"],
-                                                 calib_images)
-            if profile_shapes and major < 10:
-                config.set_calibration_profile(profile)
+    profile = _configure(trt, builder, config, args, modelopt, opt_level)
+    if "INT8" in args["flags"] and not modelopt:
+        from yw_ext.export.calib import calibration_batches
+
+        shapes = args["calibration_shapes"]
+        batches = calibration_batches(data, shapes["images"][2:], batch=shapes["images"][0], n_images=calib_images)
+        config.int8_calibrator = _calibrator(trt, batches, shapes, calibration_feeds(shapes, prep["defaults"]))
+        if profile is not None and major < 10:  # deprecated in 10 (the first profile calibrates)
+            config.set_calibration_profile(profile)
+    _use_timing_cache(config, timing_cache)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError("TensorRT engine build failed (see the TensorRT log above).")
-    write_engine_file(engine_path, bytes(serialized), meta)
+    if timing_cache is not None:
+        atomic_write(timing_cache, lambda f: f.write(bytes(config.get_timing_cache().serialize())))
+    write_engine_file(engine_path, bytes(serialized), engine_metadata(prep["metadata"], request))
     return str(engine_path)
+
+
+def _modelopt_onnx(onnx_file: str, request: EngineRequest, args: dict, data: Any, imgsz: Any, dynamic: bool,
+                   calib_images: int) -> str:
+    """TensorRT >= 11: the ONNX with FP16 / INT8 baked in by ModelOpt (fixed vocabularies: one input)."""
+    from yw_ext.seam import modelopt_quantize_onnx
+
+    loader = None
+    if request.precision == 8:
+        import torch
+
+        from yw_ext.export.calib import calibration_batches
+
+        loader = [{"img": torch.from_numpy((x * 255).round().astype(np.uint8))}
+                  for x in calibration_batches(data, imgsz, batch=8, n_images=calib_images)]
+    shape = args["calibration_shapes"]["images"]
+    return modelopt_quantize_onnx(onnx_file, request.precision, loader, shape, bool(dynamic))
 
 
 def onnx_to_engine(
@@ -437,11 +538,14 @@ def onnx_to_engine(
     batch: int = 1,
     workspace: float | None = None,
     calib_images: int = 512,
+    timing_cache: str | Path | None = None,
+    opt_level: int | None = None,
 ) -> str:
     """Build an engine from an ONNX that ``YOLOWorld.export(format="onnx", ...)`` wrote (on the GPU machine).
 
     The image size and ``dynamic`` come from the ONNX (its metadata and input shapes); a ``txt_feats`` input means a
     dynamic-vocabulary engine (``prompts`` required). The engine is written atomically next to the ONNX by default.
+    ``timing_cache`` / ``opt_level``: see ``build_engine``.
 
     Examples:
         >>> onnx_to_engine("best_dynvocab.onnx", quantize=16, prompts=(1, 80, 1203), batch=4)  # doctest: +SKIP
@@ -467,38 +571,46 @@ def onnx_to_engine(
         work = tmp / src.name
         shutil.copyfile(src, work)
         build_engine(work, dst, request, imgsz=imgsz, batch=batch, dynamic=dynamic, workspace=workspace, data=data,
-                     calib_images=calib_images)
+                     calib_images=calib_images, timing_cache=timing_cache, opt_level=opt_level)
     return str(dst)
 
 
-def _calibrator(trt, torch, data, imgsz, shapes: dict, defaults: dict, n_images: int):
-    """An ``IInt8EntropyCalibrator2`` over letterboxed calibration batches (+ the default ``txt_feats``)."""
-    from yw_ext.export.calib import calibration_batches
+def _calibrator(trt: Any, batches: Any, shapes: dict[str, tuple], feeds: dict[str, np.ndarray],
+                device: str = "cuda") -> Any:
+    """An ``IInt8EntropyCalibrator2`` feeding ``batches`` (images) and the constant ``feeds`` (``txt_feats``).
 
-    bsz = shapes["images"][0]
-    txt = None
-    if TXT_INPUT in shapes:
-        if TXT_INPUT not in defaults:
-            raise ValueError("INT8 calibration of a dynamic-vocabulary engine needs the vocabulary stored in the ONNX "
-                             "(export with default_vocab=True after set_classes).")
-        txt = torch.from_numpy(np.ascontiguousarray(defaults[TXT_INPUT], np.float32)).cuda()  # (1, P, D)
+    Every buffer handed to TensorRT has exactly its declared calibration shape (``shapes``): TensorRT reads that
+    many elements whatever the buffer holds, so a mismatch is an error here, not an out-of-bounds read there.
+    """
+    import torch
+
+    want = {n: tuple(int(v) for v in s) for n, s in shapes.items()}
+    for name, x in feeds.items():
+        if tuple(x.shape) != want.get(name):
+            raise ValueError(f"calibration input {name} has shape {tuple(x.shape)}, declared {want.get(name)}.")
+    const = {n: torch.from_numpy(np.array(x, np.float32)).to(device) for n, x in feeds.items()}
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
             trt.IInt8EntropyCalibrator2.__init__(self)
-            self.batches = calibration_batches(data, shapes["images"][2:], batch=bsz, n_images=n_images)
-            self.keep = []
+            self.batches = iter(batches)
+            self.keep: dict[str, Any] = {}
 
-        def get_batch_size(self):
-            return bsz
+        def get_batch_size(self) -> int:
+            return want["images"][0]  # what every batch holds (calibration_batches fills short ones)
 
         def get_batch(self, names):
             try:
-                x = torch.from_numpy(next(self.batches)).cuda()
+                x = np.ascontiguousarray(next(self.batches), np.float32)
             except StopIteration:
                 return None
-            self.keep = [x, txt]
-            return [int((txt if n == TXT_INPUT else x).data_ptr()) for n in names]
+            if tuple(x.shape) != want["images"]:
+                raise ValueError(f"calibration batch {tuple(x.shape)} != declared images {want['images']}.")
+            self.keep = {"images": torch.from_numpy(x).to(device), **const}
+            unknown = [n for n in names if n not in self.keep]
+            if unknown:
+                raise ValueError(f"no calibration data for engine inputs {unknown}.")
+            return [int(self.keep[n].data_ptr()) for n in names]
 
         def read_calibration_cache(self):
             return None
@@ -509,5 +621,6 @@ def _calibrator(trt, torch, data, imgsz, shapes: dict, defaults: dict, n_images:
     return Calibrator()
 
 
-__all__ = ["EngineRequest", "check_engine_request", "require_gpu", "onnx_inputs", "prepare_onnx_for_tensorrt",
-           "engine_build_args", "engine_metadata", "write_engine_file", "build_engine", "onnx_to_engine"]
+__all__ = ["EngineRequest", "check_engine_request", "check_precision_path", "require_gpu", "onnx_inputs",
+           "prepare_onnx_for_tensorrt", "engine_build_args", "engine_metadata", "write_engine_file",
+           "calibration_feeds", "build_engine", "onnx_to_engine"]

@@ -15,7 +15,12 @@ Examples:
     >>> export_text_encoder("ViT-B-32.pt", "clip_text.onnx")  # doctest: +SKIP
     'clip_text.onnx'
 
-CLI: ``yw export model=clip clip=/path/ViT-B-32.pt out=clip_text.onnx`` (``clip=`` defaults to ``$YW_CLIP``).
+Sentence-Transformers and M-CLIP encoders (``yw_ext.text.sentence``, ``yw_ext.text.mclip``) export the same way
+(``export_transformer_text``): ``input_ids`` and ``attention_mask`` in, the embeddings out, and the tokenizer as
+``<name>.tokenizer.json`` for the ``tokenizers`` library (metadata ``kind="st_text"``).
+
+CLI: ``yw export model=clip clip=/path/ViT-B-32.pt out=clip_text.onnx`` (``clip=`` defaults to ``$YW_CLIP``);
+``yw export model=text encoder=/path/st-folder out=st_text.onnx``.
 """
 
 from __future__ import annotations
@@ -76,12 +81,17 @@ def _bpe_file() -> Path:
 def export_text_encoder(
     encoder: Any = None, out: str | Path | None = None, opset: int = 17, simplify: bool = True, batch: int = 2
 ) -> str:
-    """Export a CLIP text encoder to ONNX (atomically) with the BPE file next to it.
+    """Export a text encoder to ONNX (atomically) with its tokenizer file next to it.
+
+    CLIP (OpenAI file, Hugging Face folder) gives ``tokens (N, 77) -> embeddings`` and the BPE merges file;
+    Sentence-Transformers and M-CLIP folders (and their ``yw align-text`` projections) give
+    ``input_ids, attention_mask (N, L) -> embeddings`` (transformer, pooling, dense, projection and normalisation in
+    one graph) and ``<name>.tokenizer.json`` for the ``tokenizers`` library (see ``export_transformer_text``).
 
     Args:
-        encoder: A ``CLIPTextEncoder``, or a CLIP source for ``yw_ext.text.load_clip`` (file, Hugging Face folder,
-            ``"clip"``); None: ``$YW_CLIP``.
-        out: Output path (default ``clip_text.onnx`` in the current folder).
+        encoder: An encoder, or a path for ``yw_ext.text.encoders.load_text_encoder`` (file, folder, ``"clip"``);
+            None: ``$YW_TEXT_ENCODER``, else ``$YW_CLIP``.
+        out: Output path (default ``clip_text.onnx`` / ``st_text.onnx`` in the current folder).
         opset: ONNX opset (>= 17).
         simplify: Run onnxslim.
         batch: Example batch for tracing (the batch dimension is dynamic).
@@ -90,23 +100,36 @@ def export_text_encoder(
         The ONNX path.
 
     Raises:
-        FileNotFoundError: no CLIP weights (see ``yw_ext.text.load_clip``).
+        FileNotFoundError: no encoder weights (see ``yw_ext.text.load_clip``).
+        ValueError: an encoder that cannot be exported (e.g. a projection on a CLIP), a bad opset.
 
     Examples:
         >>> export_text_encoder("ViT-B-32.pt", "clip_text.onnx")  # doctest: +SKIP
+        >>> export_text_encoder("clip-ViT-B-32-multilingual-v1", "st_text.onnx")  # doctest: +SKIP
     """
+    from yw_ext.text import CLIPTextEncoder
+    from yw_ext.text.vocabulary import resolve_text_encoder
+
+    if opset < 17:
+        raise ValueError(f"opset must be >= 17, got {opset}.")
+    enc = resolve_text_encoder(encoder)
+    if isinstance(enc, CLIPTextEncoder):
+        return _export_clip(enc, Path(out or "clip_text.onnx"), opset, simplify, batch)
+    if hasattr(enc, "tokenizer_json") and hasattr(enc, "graph"):
+        return export_transformer_text(enc, Path(out or "st_text.onnx"), opset, simplify)
+    raise ValueError(f"text encoder {getattr(enc, 'source', enc)!r} ({type(enc).__name__}) cannot be exported to "
+                     "ONNX: supported are CLIP, Sentence-Transformers and M-CLIP encoders (and their projections).")
+
+
+def _export_clip(enc: Any, dst: Path, opset: int, simplify: bool, batch: int) -> str:
+    """The CLIP text tower to ONNX, with the BPE merges file next to it."""
     import onnx
 
     from yw_ext import __version__
     from yw_ext.core.io import atomic_write
     from yw_ext.export import Staging
     from yw_ext.export.onnx_io import add_metadata, cap_ir_version, save_onnx, slim
-    from yw_ext.text import CLIPTextEncoder, load_clip
 
-    if opset < 17:
-        raise ValueError(f"opset must be >= 17, got {opset}.")
-    enc = encoder if isinstance(encoder, CLIPTextEncoder) else load_clip(encoder)
-    dst = Path(out or "clip_text.onnx")
     bpe = _bpe_file()
     graph = TextGraph(enc).eval().float().cpu()
     tokens = enc.tokenize(["a photo of a dog", "bus"] * max(1, batch // 2))[:batch].cpu()  # (N, L)
@@ -135,4 +158,66 @@ def export_text_encoder(
     return str(dst)
 
 
-__all__ = ["TextGraph", "export_text_encoder", "TOKENS_INPUT", "EMBED_OUTPUT"]
+def _transformer_graph(enc: Any) -> nn.Module:
+    """The traced module of a transformer encoder: its ``PooledGraph``, then its projection if it has one."""
+    base = getattr(enc, "base", None)
+    proj = getattr(enc, "projection", None)
+    if base is not None and proj is not None:
+        return _Projected(base.graph, proj)
+    return enc.graph
+
+
+class _Projected(nn.Module):
+    """``PooledGraph`` followed by a ``yw align-text`` projection (both already normalise)."""
+
+    def __init__(self, graph: nn.Module, projection: nn.Module):
+        super().__init__()
+        self.graph, self.projection = graph, projection
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.graph(input_ids, attention_mask))  # (N, D)
+
+
+def export_transformer_text(enc: Any, dst: Path, opset: int = 17, simplify: bool = True) -> str:
+    """A Sentence-Transformers / M-CLIP encoder to ONNX, and ``<stem>.tokenizer.json`` next to it.
+
+    Graph: ``input_ids``, ``attention_mask`` ``(N, L)`` int64 (both axes dynamic) -> ``embeddings`` ``(N, D)``
+    float32, L2-normalised. Metadata: ``kind`` (``"st_text"``), ``identity``, ``embed_dim``, ``max_length``,
+    ``lowercase``, ``pad_id``, ``tokenizer`` (file name), ``encoder_kind``, ``source``. The runtime
+    (``yw_ext.runtime.TextEncoder``) then needs ``onnxruntime`` and the ``tokenizers`` library, not torch.
+
+    Examples:
+        >>> export_transformer_text(load_text_encoder("st-folder"), Path("st_text.onnx"))  # doctest: +SKIP
+        'st_text.onnx'
+    """
+    import onnx
+
+    from yw_ext import __version__
+    from yw_ext.core.io import atomic_write
+    from yw_ext.export import Staging
+    from yw_ext.export.onnx_io import add_metadata, cap_ir_version, save_onnx, slim
+
+    graph = _transformer_graph(enc).eval().float().cpu()
+    ex = enc.tokenize(["a photo of a dog", "bus"])  # (2, L)
+    tok_name = f"{dst.stem}.tokenizer.json"
+    names = ["input_ids", "attention_mask"]
+    axes = {n: {0: "batch", 1: "length"} for n in names} | {EMBED_OUTPUT: {0: "batch"}}
+    with Staging(dst) as tmp:
+        f = tmp / dst.name
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings of transformers' mask helpers (shape-only branches)
+            torch.onnx.export(graph, (ex["input_ids"], ex["attention_mask"]), str(f), opset_version=opset,
+                              input_names=names, output_names=[EMBED_OUTPUT], dynamic_axes=axes, dynamo=False)
+        proto = onnx.load(str(f))
+    if simplify:
+        proto = slim(proto, "text encoder:")
+    add_metadata(proto, {"yw_ext": __version__, "kind": "st_text", "identity": enc.identity, "embed_dim": enc.dim,
+                         **enc.export_info(), "tokenizer": tok_name, "encoder_kind": getattr(enc, "kind", ""),
+                         "source": str(enc.source)})
+    cap_ir_version(proto)
+    atomic_write(dst.parent / tok_name, lambda fh: fh.write(enc.tokenizer_json()), mode="w")
+    save_onnx(proto, dst)
+    return str(dst)
+
+
+__all__ = ["TextGraph", "export_text_encoder", "export_transformer_text", "TOKENS_INPUT", "EMBED_OUTPUT"]

@@ -107,7 +107,8 @@ class YWDetectionModel(DetectionModel):
             tf = tf.expand(x.shape[0], -1, -1)  # (B, P, D)
         with self.head_prompts(tf.shape[1]):
             x = self._run_layers(x, tf, profile, embed)
-        if own and self.prompts_per_class > 1 and not embed:  # pooled features (embed=...) are not scores
+        reduced = getattr(head, "score_mode", "full") == "max" and not self.training  # head did it (yw_ext.nn.rep)
+        if own and self.prompts_per_class > 1 and not embed and not reduced:  # pooled features are not scores
             x = self._max_over_prompts(x)
         return x
 

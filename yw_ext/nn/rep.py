@@ -449,6 +449,46 @@ def _classify_into(conv: nn.Module, x: torch.Tensor, logits: torch.Tensor, probs
         torch.sigmoid(o, out=probs[:, :, dst].view(bs, c, r1 - r0, w))
 
 
+def _classify_max_into(conv: nn.Module, x: torch.Tensor, best: torch.Tensor, idx: torch.Tensor) -> None:
+    """Write the max over output channels of ``conv(x)`` into ``best`` and its channel into ``idx`` (``(B, H * W)``).
+
+    The eager counterpart of the in-graph class reduction (``RepWorldDetect.score_mode = "max"``): the conv runs over
+    bands of rows as in ``_classify_into`` and only each pixel's best logit and its channel are kept, so no
+    ``(B, P, H * W)`` tensor is written at all. ``torch.max`` returns the first channel among equal maxima, as the full
+    output's ``argmax`` does.
+    """
+    bs, _, h, w = x.shape
+    c = conv.out_channels if type(conv) is nn.Conv2d else None
+    if c is None or conv.kernel_size != (1, 1) or conv.stride != (1, 1) or x.device.type != "cpu":
+        torch.max(conv(x).flatten(2), 1, out=(best, idx))  # (B, C_out, H * W) -> (B, H * W)
+        return
+    rows = max(1, min(h, BAND_BYTES // max(1, bs * c * w * x.element_size())))
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        o = conv(x[:, :, r0:r1].contiguous()).flatten(2)  # (B, C_out, (r1 - r0) * W)
+        torch.max(o, 1, out=(best[:, r0 * w : r1 * w], idx[:, r0 * w : r1 * w]))
+
+
+SCORE_MODES = ("full", "max")
+"""``RepWorldDetect.score_mode`` / export ``scores=``: every class's score, or each anchor's best class only."""
+
+
+def reduce_scores(best: torch.Tensor, idx: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """Best logits ``(B, A)`` and their prompt ids ``(B, A)`` -> ``(B, 2, A)``: ``[sigmoid(best), prompt // groups]``.
+
+    The sigmoid is monotonic, so ``sigmoid(max(logits))`` is ``max(sigmoid(logits))``, and the first prompt with the
+    largest logit belongs to the first class with the largest synonym max (classes are ``groups`` consecutive prompts):
+    the same score and class a full ``(B, 4 + K, A)`` output gives Ultralytics' NMS with ``multi_label=False``.
+
+    Examples:
+        >>> best, idx = torch.tensor([[0.0, 2.0]]), torch.tensor([[3, 4]])
+        >>> reduce_scores(best, idx, groups=2).tolist()
+        [[[0.5, 0.8807970285415649], [1.0, 2.0]]]
+    """
+    cls = idx if groups == 1 else torch.div(idx, groups, rounding_mode="floor")
+    return torch.stack((best.sigmoid(), cls.to(best.dtype)), 1)  # (B, 2, A)
+
+
 class RepWorldDetect(Detect):
     """A ``WorldDetect`` head with its vocabulary folded in: an Ultralytics ``Detect`` with ``nc = P`` prompts.
 
@@ -481,6 +521,8 @@ class RepWorldDetect(Detect):
         super().__init__(nc, reg_max=reg_max, end2end=False, ch=ch)
         self.embed = embed
         self.with_bn = with_bn
+        self.score_mode = "full"  # "max": inference outputs (B, 6, A) [box, best score, class] (see _forward_max)
+        self.score_groups = 1  # prompts per class for score_mode "max" (class = prompt // score_groups)
 
         def cls_branch(x: int) -> nn.Sequential:
             feats = [Conv(x, hidden, 3), Conv(hidden, hidden, 3)]
@@ -534,6 +576,8 @@ class RepWorldDetect(Detect):
         (``_classify_into``). The outputs are the same, ``(y, {"boxes", "scores", "feats"})``. Training, export,
         tracing and autograd use ``Detect.forward`` unchanged.
         """
+        if getattr(self, "score_mode", "full") == "max" and not self.training:
+            return self._forward_max(x)
         if not self._use_fast_path(x):
             return super().forward(x)
         bs = x[0].shape[0]
@@ -554,6 +598,38 @@ class RepWorldDetect(Detect):
         preds = {"boxes": boxes, "scores": scores, "feats": x}
         y[:, :4] = decode_boxes(self, preds)  # (B, 4, A)
         return y, preds
+
+    def _forward_max(self, x: list[torch.Tensor]):
+        """Inference with ``score_mode = "max"``: ``(B, 6, A)`` rows ``[box (4), best score, best class]``.
+
+        Each level's classifier output is reduced over its P channels right away (``max`` and ``argmax``), and the
+        sigmoid is applied to the best logit only (``reduce_scores``): no ``(B, P, A)`` concatenation, no P x A
+        sigmoids. Boxes are decoded as ``Detect`` decodes them (xywh, or xyxy when the exporter set ``xyxy``). In
+        eager inference the classifier runs in row bands (``_classify_max_into``); traced, it is conv -> ReduceMax /
+        ArgMax per level. Returns ``y`` in export mode, else ``(y, {"boxes", "scores": best logits (B, 1, A),
+        "feats"})``.
+        """
+        bs = x[0].shape[0]
+        boxes = torch.cat([self.cv2[i](x[i]).view(bs, 4 * self.reg_max, -1) for i in range(self.nl)], dim=-1)
+        fast = self._use_fast_path(x)
+        best, idx = [], []
+        for i in range(self.nl):
+            branch = self.cv3[i]
+            f = x[i]
+            if fast:
+                for j in range(len(branch) - 1):
+                    f = branch[j](f)  # (B, c3, H, W)
+                n = f.shape[2] * f.shape[3]
+                b, k = f.new_empty((bs, n)), torch.empty((bs, n), dtype=torch.long, device=f.device)
+                _classify_max_into(branch[-1], f, b, k)
+            else:
+                b, k = branch(f).flatten(2).max(1)  # (B, P, H_i * W_i) -> (B, H_i * W_i)
+            best.append(b)
+            idx.append(k)
+        best, idx = torch.cat(best, 1), torch.cat(idx, 1)  # (B, A)
+        preds = {"boxes": boxes, "scores": best.unsqueeze(1), "feats": x}
+        y = torch.cat((decode_boxes(self, preds), reduce_scores(best, idx, int(self.score_groups))), 1)  # (B, 6, A)
+        return y if self.export else (y, preds)
 
     def _inference(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """Decode to ``(B, 4 + P, A)`` like ``Detect._inference``, writing the sigmoid scores into the output.
@@ -711,4 +787,5 @@ def reparameterize(model: nn.Module, partial_v1: bool = False, chunk: int = DEFA
     model.folded = True
 
 
-__all__ = ["DEFAULT_CHUNK", "RepMaxSigmoidAttn", "RepC2fAttn", "L2Normalize", "RepWorldDetect", "reparameterize"]
+__all__ = ["DEFAULT_CHUNK", "SCORE_MODES", "RepMaxSigmoidAttn", "RepC2fAttn", "L2Normalize", "RepWorldDetect",
+           "reduce_scores", "reparameterize"]

@@ -38,6 +38,7 @@ import numpy as np
 from yw_ext.core.classes import pad_prompts, parse_classes
 from yw_ext.core.embeddings import check_embedding_array, check_rows, check_width
 from yw_ext.runtime.ops import Detections, letterbox, load_image, nms_indices, non_max_suppression, preprocess
+from yw_ext.runtime.ops import non_max_suppression_reduced
 from yw_ext.runtime.ops import scale_boxes
 from yw_ext.runtime.text import TextEncoder, make_session, session_metadata
 from yw_ext.vocab import Vocabulary
@@ -70,7 +71,13 @@ class _ORTBackend:
     """ONNX Runtime session + parsed metadata + input/output description."""
 
     def __init__(self, path: Path, providers: Sequence | None, threads: int | None):
-        self.session = make_session(path, providers, threads)
+        try:
+            self.session = make_session(path, providers, threads)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # onnxruntime's InvalidProtobuf / Fail / ...: not a complete ONNX model
+            raise ValueError(f"'{path}' is not a readable ONNX model (truncated or corrupt?): "
+                             f"{type(e).__name__}: {e}") from e
         self.metadata = parse_metadata(session_metadata(self.session))
         self.inputs = {i.name: list(i.shape) for i in self.session.get_inputs()}
         self.defaults = {i.name: list(i.shape) for i in self.session.get_overridable_initializers()}
@@ -93,12 +100,15 @@ class Detector:
         text_encoder: ``TextEncoder`` or path of an exported CLIP text encoder (for ``set_classes`` with names).
         providers: ONNX Runtime providers (default CPU).
         threads: ONNX Runtime intra-op threads.
+        device: CUDA device index of a ``.engine`` (ignored for ONNX files; use ``providers``).
 
     Attributes:
         names (dict[int, str]): Current class names.
         dynamic_vocab (bool): Whether classes can be changed (``set_classes``).
         embed_dim (int | None): Text-embedding width D the model expects.
         max_prompts (int | None): Largest number of prompts (K x G) accepted.
+        max_batch (int | None): Largest batch per model call (a TensorRT engine's profile maximum, a static batch;
+            None: any). ``predict`` splits longer lists of images into calls of at most this many.
 
     Examples:
         >>> det = Detector("best.onnx")  # fixed vocabulary  # doctest: +SKIP
@@ -106,13 +116,13 @@ class Detector:
     """
 
     def __init__(self, model: str | os.PathLike, text_encoder: TextEncoder | str | os.PathLike | None = None,
-                 providers: Sequence | None = None, threads: int | None = None):
+                 providers: Sequence | None = None, threads: int | None = None, device: int = 0):
         """Load the model and read its metadata."""
         self.path = Path(model)
         if self.path.suffix.lower() == ".engine":
             from yw_ext.runtime.trt import TRTBackend
 
-            self.backend = TRTBackend(self.path)
+            self.backend = TRTBackend(self.path, device=device)
         else:
             self.backend = _ORTBackend(self.path, providers, threads)
         meta = self.metadata = self.backend.metadata
@@ -120,6 +130,7 @@ class Detector:
         img_shape = b.shape("images") or next(iter(b.inputs.values()))
         self.input_name = "images" if b.shape("images") else next(iter(b.inputs))
         self.static_batch = img_shape[0] if isinstance(img_shape[0], int) and img_shape[0] > 0 else None
+        self.max_batch = self.static_batch or getattr(b, "max_batch", None)  # a TensorRT profile's maximum
         hw = img_shape[2:4]
         self.static_hw = tuple(hw) if all(isinstance(v, int) and v > 0 for v in hw) else None
         imgsz = meta.get("imgsz", self.static_hw or (640, 640))
@@ -276,7 +287,8 @@ class Detector:
             classes: Keep only these class ids.
             imgsz: Inference size for models with dynamic image sizes (default: the export's).
             rect: Minimal letterbox padding when the model takes dynamic sizes (Ultralytics' default).
-            batch: Images per model call when the batch size is dynamic.
+            batch: Images per model call when the batch size is dynamic (at most ``max_batch``: a TensorRT engine's
+                profile maximum).
 
         Returns:
             One ``Detections`` per image (boxes in original pixels).
@@ -285,7 +297,7 @@ class Detector:
         ims = [load_image(x) for x in items]
         size = self.static_hw or (tuple(imgsz) if isinstance(imgsz, (list, tuple)) else
                                   (int(imgsz), int(imgsz)) if imgsz else self.imgsz)
-        step = self.static_batch or max(1, int(batch))
+        step = self.static_batch or min(max(1, int(batch)), self.max_batch or sys.maxsize)
         out: list[Detections] = []
         for i in range(0, len(ims), step):
             chunk = ims[i : i + step]
@@ -321,6 +333,9 @@ class Detector:
                     d = d[np.isin(d[:, 5], np.asarray(classes))]
                 res.append(d[:max_det])
             return res
+        if self.metadata.get("scores") == "max":  # (B, 6, A): the graph kept each anchor's best prompt / class
+            return non_max_suppression_reduced(y, conf, iou, max_det=max_det, agnostic=agnostic, classes=classes,
+                                               groups=g)
         if g > 1:  # (B, 4 + K * G, A) -> (B, 4 + K, A): max over each class's prompts
             b, c, a = y.shape
             y = np.concatenate((y[:, :4], y[:, 4:].reshape(b, (c - 4) // g, g, a).max(2)), 1)

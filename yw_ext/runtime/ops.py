@@ -97,17 +97,29 @@ def letterbox(
 def load_image(source: Any) -> np.ndarray:
     """An image as a uint8 BGR ``(H, W, 3)`` array: a path (read with OpenCV) or an array (used as is).
 
+    Files are decoded as Ultralytics' predictor does (``cv2.imdecode`` of the bytes, ``IMREAD_COLOR``): grayscale is
+    replicated to 3 channels, alpha dropped, 16-bit scaled to 8-bit, CMYK converted, so each predicts like its RGB
+    version. ``cv2.imread`` is not used: it returns a half-grey image from a truncated JPEG (only a console warning).
+
     Raises:
         FileNotFoundError: a path that does not exist.
-        ValueError: an unreadable file, or an array that is not ``(H, W, 3)``.
+        ValueError: an empty, truncated or unreadable file (the message names it), or an array that is not
+            ``(H, W, 3)``.
     """
     if isinstance(source, (str, Path)):
         p = Path(source)
         if not p.is_file():
             raise FileNotFoundError(f"image not found: {p}")
-        im = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        data = np.fromfile(str(p), dtype=np.uint8)
+        if not data.size:
+            raise ValueError(f"cannot read image {p}: the file is empty (0 bytes).")
+        im = cv2.imdecode(data, cv2.IMREAD_COLOR)  # None for a truncated JPEG, unlike cv2.imread
         if im is None:
-            raise ValueError(f"cannot read image {p} (not an image OpenCV can decode).")
+            raw = data.tobytes()
+            if raw[:2] == b"\xff\xd8" and raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda"):  # no end after the scan
+                raise ValueError(f"cannot read image {p}: the JPEG is truncated (it ends before its end-of-image "
+                                 "marker).")
+            raise ValueError(f"cannot read image {p}: not an image OpenCV can decode (not an image file, or damaged).")
         return im
     im = np.asarray(source)
     if im.ndim != 3 or im.shape[2] != 3:
@@ -191,24 +203,63 @@ def non_max_suppression(
         raise ValueError(f"conf ({conf_thres}) and iou ({iou_thres}) must be in [0, 1].")
     out = []
     for p in prediction:  # (4 + K, A)
-        x = p.T  # (A, 4 + K)
-        cls_scores = x[:, 4:]
-        conf = cls_scores.max(1)
-        j = cls_scores.argmax(1)
-        keep = conf > conf_thres
-        if classes is not None:
-            keep &= np.isin(j, np.asarray(classes))
-        box, conf, j = xywh2xyxy(x[keep, :4]), conf[keep], j[keep]
-        if conf.size > max_nms:
-            top = np.argsort(-conf, kind="stable")[:max_nms]
-            box, conf, j = box[top], conf[top], j[top]
-        if not conf.size:
-            out.append(np.zeros((0, 6), np.float32))
-            continue
-        off = (j.astype(np.float32) * (0 if agnostic else max_wh))[:, None]
-        i = nms_indices(box + off, conf, iou_thres)[:max_det]
-        out.append(np.concatenate((box[i], conf[i, None], j[i, None].astype(np.float32)), 1).astype(np.float32))
+        cls_scores = p[4:]  # (K, A): reduced along the contiguous class axis (no transposed copy of all scores)
+        j = cls_scores.argmax(0)  # (A,)
+        conf = np.take_along_axis(cls_scores, j[None], 0)[0]  # (A,)
+        out.append(_best_class_nms(p[:4], conf, j, conf_thres, iou_thres, max_det, agnostic, classes, max_nms, max_wh))
     return out
+
+
+def non_max_suppression_reduced(
+    prediction: np.ndarray,
+    conf_thres: float = 0.25,
+    iou_thres: float = 0.7,
+    max_det: int = 300,
+    agnostic: bool = False,
+    classes: Sequence[int] | None = None,
+    max_nms: int = MAX_NMS,
+    max_wh: int = MAX_WH,
+    groups: int = 1,
+) -> list[np.ndarray]:
+    """``non_max_suppression`` for graphs exported with ``scores="max"``: ``(B, 6, A)`` ``[x, y, w, h, score, id]``.
+
+    The graph already holds each anchor's best score and class (prompt index for run-time vocabularies: the class is
+    ``id // groups`` with ``groups`` prompts per class); the rest is the same best-class NMS.
+
+    Examples:
+        >>> p = np.zeros((1, 6, 3), np.float32)
+        >>> p[0, :, 0] = [50, 50, 20, 20, 0.9, 5]
+        >>> non_max_suppression_reduced(p, groups=2)[0].astype(float).round(1).tolist()
+        [[40.0, 40.0, 60.0, 60.0, 0.9, 2.0]]
+    """
+    if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
+        raise ValueError(f"conf ({conf_thres}) and iou ({iou_thres}) must be in [0, 1].")
+    if prediction.ndim != 3 or prediction.shape[1] != 6:
+        raise ValueError(f"expected (B, 6, A) reduced predictions, got {prediction.shape}.")
+    out = []
+    for p in prediction:  # (6, A)
+        j = p[5].astype(np.int64)
+        j = j // groups if groups > 1 else j
+        out.append(_best_class_nms(p[:4], p[4], j, conf_thres, iou_thres, max_det, agnostic, classes, max_nms, max_wh))
+    return out
+
+
+def _best_class_nms(xywh: np.ndarray, conf: np.ndarray, j: np.ndarray, conf_thres: float, iou_thres: float,
+                    max_det: int, agnostic: bool, classes: Sequence[int] | None, max_nms: int,
+                    max_wh: int) -> np.ndarray:
+    """One image: boxes ``(4, A)`` xywh, best scores ``(A,)``, classes ``(A,)`` -> ``(N, 6)`` kept rows."""
+    keep = conf > conf_thres
+    if classes is not None:
+        keep &= np.isin(j, np.asarray(classes))
+    box, conf, j = xywh2xyxy(xywh[:, keep].T), conf[keep], j[keep]  # (N, 4)
+    if conf.size > max_nms:
+        top = np.argsort(-conf, kind="stable")[:max_nms]
+        box, conf, j = box[top], conf[top], j[top]
+    if not conf.size:
+        return np.zeros((0, 6), np.float32)
+    off = (j.astype(np.float32) * (0 if agnostic else max_wh))[:, None]
+    i = nms_indices(box + off, conf, iou_thres)[:max_det]
+    return np.concatenate((box[i], conf[i, None], j[i, None].astype(np.float32)), 1).astype(np.float32)
 
 
 def scale_boxes(
@@ -277,5 +328,6 @@ __all__ = [
     "xywh2xyxy",
     "nms_indices",
     "non_max_suppression",
+    "non_max_suppression_reduced",
     "scale_boxes",
 ]

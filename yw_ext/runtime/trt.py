@@ -5,7 +5,9 @@ Reads Ultralytics' ``.engine`` layout (``<int32 length><JSON metadata><engine>``
 API (``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``). Device buffers are torch CUDA tensors:
 this backend needs ``tensorrt``, ``torch`` with CUDA, and a GPU (the ONNX Runtime path stays torch-free). Input
 shapes are checked against the engine's optimisation profile first, so a batch or a K outside it gives a clear
-error instead of a TensorRT failure.
+error instead of a TensorRT failure; so is TensorRT's answer to ``set_input_shape``. The engine is deserialised and
+run with its CUDA device current (``device=``). A truncated or corrupt file is named as such. TensorRT 8.6 to 10
+(names added in 10, such as ``int64``, are looked up, not assumed).
 
 Examples:
     >>> from yw_ext.runtime import Detector
@@ -25,6 +27,11 @@ import numpy as np
 def read_engine_file(path: str | Path) -> tuple[dict[str, Any], bytes]:
     """``(metadata, serialized engine)`` of an Ultralytics-layout ``.engine`` (metadata ``{}`` for a bare engine).
 
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: an empty file, or one whose metadata header announces more bytes than the file holds
+            (truncated).
+
     Examples:
         >>> import tempfile, os
         >>> p = os.path.join(tempfile.mkdtemp(), "x.engine")
@@ -33,9 +40,17 @@ def read_engine_file(path: str | Path) -> tuple[dict[str, Any], bytes]:
         >>> read_engine_file(p)
         ({'stride': 32}, b'ENGINE')
     """
-    data = Path(path).read_bytes()
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"TensorRT engine not found: {p}")
+    data = p.read_bytes()
+    if not data:
+        raise ValueError(f"{p} is empty: a truncated or corrupt TensorRT engine file; export it again.")
     if len(data) > 4:
         n = int.from_bytes(data[:4], byteorder="little", signed=True)
+        if n >= len(data) - 4 and data[4:5] == b"{":
+            raise ValueError(f"{p} is truncated or corrupt: its metadata header announces {n} bytes but only "
+                             f"{len(data) - 4} follow (no engine); export it again.")
         if 0 < n < len(data) - 4:
             try:
                 meta = json.loads(data[4 : 4 + n].decode("utf-8"))
@@ -49,19 +64,43 @@ def read_engine_file(path: str | Path) -> tuple[dict[str, Any], bytes]:
     return {}, data
 
 
+def torch_dtypes(trt: Any, torch: Any) -> dict[Any, Any]:
+    """TensorRT data types -> torch dtypes, for the names this TensorRT has (``int64`` and ``bool`` appeared in 10 /
+    8.x: looked up, never assumed).
+
+    Examples:
+        >>> import types, torch
+        >>> fake = types.SimpleNamespace(float32="f32", float16="f16", int32="i32", int8="i8")  # no int64
+        >>> torch_dtypes(fake, torch)["i32"]
+        torch.int32
+    """
+    pairs = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int32": torch.int32,
+             "int64": torch.int64, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool}
+    return {getattr(trt, name): dtype for name, dtype in pairs.items() if getattr(trt, name, None) is not None}
+
+
 class TRTBackend:
     """A deserialised engine with its metadata, input shapes and optimisation-profile ranges.
 
     Args:
         path: ``.engine`` file.
-        device: CUDA device index.
+        device: CUDA device index (or ``"cuda:i"``); selected before the engine is deserialised and for every run.
+
+    Attributes:
+        max_batch (int | None): Largest image batch the engine takes (its profile's maximum, or its static batch).
 
     Raises:
-        RuntimeError: no tensorrt / CUDA, or the engine cannot be deserialised.
+        RuntimeError: no tensorrt / CUDA, or the engine cannot be deserialised (truncated or corrupt file, another
+            TensorRT version or GPU).
+
+    Examples:
+        >>> b = TRTBackend("yolo_world.engine", device=1)  # doctest: +SKIP
+        >>> b.run({"images": np.zeros((1, 3, 640, 640), np.float32)}).shape  # doctest: +SKIP
+        (1, 84, 8400)
     """
 
-    def __init__(self, path: str | Path, device: int = 0):
-        """Load the engine and create an execution context."""
+    def __init__(self, path: str | Path, device: int | str = 0):
+        """Load the engine on ``device`` and create an execution context."""
         try:
             import tensorrt as trt
             import torch
@@ -70,15 +109,12 @@ class TRTBackend:
                                "with ONNX Runtime elsewhere.") from e
         if not torch.cuda.is_available():
             raise RuntimeError("TensorRT engines need a CUDA GPU, and torch.cuda.is_available() is False.")
-        self.trt, self.torch = trt, torch
-        self.device = torch.device(f"cuda:{device}")
+        self.trt, self.torch, self.path = trt, torch, Path(path)
+        self.device = torch.device(device if isinstance(device, str) else f"cuda:{int(device)}")
         self.metadata, blob = read_engine_file(path)
-        logger = trt.Logger(trt.Logger.WARNING)
-        trt.init_libnvinfer_plugins(logger, "")
-        self.engine = trt.Runtime(logger).deserialize_cuda_engine(blob)
-        if self.engine is None:
-            raise RuntimeError(f"could not deserialise {path} (built with another TensorRT version or GPU?).")
-        self.context = self.engine.create_execution_context()
+        self.dtypes = torch_dtypes(trt, torch)
+        with self._on_device():  # TensorRT deserialises onto the current CUDA device
+            self._load(blob)
         self.inputs: dict[str, list] = {}
         self.outputs: list[str] = []
         self.profile: dict[str, tuple] = {}
@@ -92,10 +128,36 @@ class TRTBackend:
             else:
                 self.outputs.append(name)
         self.defaults: dict[str, list] = {}
-        out0 = self.outputs[0]
-        self.output_shape = [int(d) if d >= 0 else "?" for d in self.engine.get_tensor_shape(out0)]
+        self.output_shape = [int(d) if d >= 0 else "?" for d in self.engine.get_tensor_shape(self.outputs[0])]
+        first = "images" if "images" in self.inputs else next(iter(self.inputs))
+        b0 = self.inputs[first][0]
+        self.max_batch = int(self.profile[first][2][0]) if first in self.profile else (b0 if b0 != "?" else None)
+
+    def _on_device(self) -> Any:
+        """Context manager making ``self.device`` the current CUDA device."""
+        return self.torch.cuda.device(self.device)
+
+    def _load(self, blob: bytes) -> None:
+        """Deserialise ``blob`` (the runtime is kept: the engine must not outlive it) and create a context."""
+        trt = self.trt
+        logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(logger, "")
+        self.runtime = trt.Runtime(logger)
+        why = (f"could not deserialise {self.path} ({len(blob)} engine bytes): the file is truncated or corrupt, or "
+               f"was built by another TensorRT version (this is {getattr(trt, '__version__', '?')}) or for another "
+               "GPU; export it again on this machine.")
+        try:
+            self.engine = self.runtime.deserialize_cuda_engine(blob)
+        except Exception as e:  # noqa: BLE001 - some TensorRT versions raise instead of returning None
+            raise RuntimeError(f"{why} ({type(e).__name__}: {e})") from e
+        if self.engine is None:
+            raise RuntimeError(why)
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise RuntimeError(f"TensorRT could not create an execution context for {self.path} (out of GPU memory?).")
 
     def shape(self, name: str) -> list | None:
+        """The input's shape (``"?"`` for dynamic dims), None when the engine has no such input."""
         return self.inputs.get(name)
 
     def check(self, name: str, shape: tuple) -> None:
@@ -113,30 +175,67 @@ class TRTBackend:
                                  "rebuild the engine with a profile that covers it.")
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Run with numpy inputs; returns the first output as numpy."""
-        torch = self.torch
+        """Run with numpy inputs; returns the first output as numpy (float32, or the output's integer type)."""
+        with self._on_device():
+            keep, outs = self._bind(feeds)
+            self._execute()
+            y = outs[self.outputs[0]]
+            return (y.float() if y.is_floating_point() else y).cpu().numpy()
+
+    def prepared(self, feeds: dict[str, np.ndarray]) -> Any:
+        """A zero-argument call running the engine on ``feeds`` kept on the device (no host copies; it waits for the
+        GPU): what latency comparisons between engines time.
+
+        Examples:
+            >>> run = TRTBackend("m.engine").prepared({"images": np.zeros((1, 3, 640, 640), np.float32)})  # doctest: +SKIP
+            >>> run()  # doctest: +SKIP
+        """
+        with self._on_device():
+            bound = self._bind(feeds)
+
+        def call() -> None:
+            with self._on_device():
+                for name, t in {**dict(zip(feeds, bound[0])), **bound[1]}.items():  # another call may have rebound
+                    self.context.set_tensor_address(name, int(t.data_ptr()))
+                for name, t in zip(feeds, bound[0]):
+                    self.context.set_input_shape(name, tuple(t.shape))
+                self._execute()
+
+        return call
+
+    def _bind(self, feeds: dict[str, np.ndarray]) -> tuple[list, dict]:
+        """Inputs copied to the device and outputs allocated, all bound to the context: ``(inputs, outputs)``."""
         missing = [n for n in self.inputs if n not in feeds]
         if missing:
             raise ValueError(f"missing engine inputs {missing}.")
-        keep = []
-        for name, x in feeds.items():
-            self.check(name, tuple(x.shape))
-            t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
-            keep.append(t)
-            self.context.set_input_shape(name, tuple(t.shape))
-            self.context.set_tensor_address(name, int(t.data_ptr()))
+        keep = [self._bind_input(name, x) for name, x in feeds.items()]
         outs = {}
         for name in self.outputs:
             shape = tuple(self.context.get_tensor_shape(name))
-            dtype = {self.trt.int32: torch.int32, self.trt.float16: torch.float16,
-                     self.trt.int64: torch.int64}.get(self.engine.get_tensor_dtype(name), torch.float32)
-            outs[name] = torch.empty(shape, dtype=dtype, device=self.device)
+            if any(d < 0 for d in shape):
+                raise RuntimeError(f"output {name} has an unresolved shape {shape} after setting the inputs.")
+            dtype = self.dtypes.get(self.engine.get_tensor_dtype(name), self.torch.float32)
+            outs[name] = self.torch.empty(shape, dtype=dtype, device=self.device)
             self.context.set_tensor_address(name, int(outs[name].data_ptr()))
-        stream = torch.cuda.current_stream(self.device)
+        return keep, outs
+
+    def _execute(self) -> None:
+        """Enqueue the bound engine on the current stream and wait for it."""
+        stream = self.torch.cuda.current_stream(self.device)
         if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed.")
+            raise RuntimeError(f"TensorRT execution of {self.path.name} failed.")
         stream.synchronize()
-        return outs[self.outputs[0]].float().cpu().numpy()
+
+    def _bind_input(self, name: str, x: np.ndarray) -> Any:
+        """Check ``x`` against the profile, copy it to the device, set its shape and address; returns the tensor."""
+        self.check(name, tuple(x.shape))
+        dtype = self.dtypes.get(self.engine.get_tensor_dtype(name), self.torch.float32)
+        t = self.torch.from_numpy(np.ascontiguousarray(x)).to(device=self.device, dtype=dtype)
+        if not self.context.set_input_shape(name, tuple(t.shape)):
+            raise ValueError(f"TensorRT rejected shape {tuple(t.shape)} for input {name} of {self.path.name} "
+                             f"(profile {self.profile.get(name, self.inputs[name])}).")
+        self.context.set_tensor_address(name, int(t.data_ptr()))
+        return t
 
 
-__all__ = ["TRTBackend", "read_engine_file"]
+__all__ = ["TRTBackend", "read_engine_file", "torch_dtypes"]

@@ -11,7 +11,9 @@ Examples:
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -28,6 +30,36 @@ __all__ = ("EmbeddingCache", "encode_texts", "default_cache_dir")
 ENV_CACHE_DIR = "YW_CACHE_DIR"
 DB_NAME = "text_embeddings.sqlite3"
 _CHUNK = 900  # SQL variables per query (old SQLite builds allow at most 999)
+BUSY_TIMEOUT_S = 20.0  # SQLite's busy handler waits this long for another process's lock
+RETRIES = 6  # further attempts after a lock error the busy handler did not wait on (see ``_retrying``)
+
+
+def _is_lock_error(e: BaseException) -> bool:
+    """True for SQLite's transient "database is locked" / "database table is locked" / "busy" errors."""
+    text = str(e).lower()
+    return isinstance(e, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def _retrying(fn, what: str):
+    """Call ``fn()``, retrying with jittered exponential backoff when SQLite reports a lock it did not wait on.
+
+    The busy handler (``BUSY_TIMEOUT_S``) covers most contention. Some lock errors come back at once instead (WAL
+    recovery or a journal-mode change by another process, a snapshot that went stale between processes); those are
+    retried up to ``RETRIES`` times, from 50 ms doubling to 1.6 s. An error raised after the busy handler already
+    waited its full timeout is not retried: the lock is persistent, and the caller falls back to encoding without
+    the cache.
+    """
+    for attempt in range(RETRIES + 1):
+        t0 = time.monotonic()
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            waited = time.monotonic() - t0 >= 0.9 * BUSY_TIMEOUT_S
+            if not _is_lock_error(e) or waited or attempt == RETRIES:
+                raise
+            LOGGER.debug(f"embedding cache {what}: {e}; retry {attempt + 1}/{RETRIES}")
+            time.sleep(0.05 * 2**attempt * (0.5 + random.random()))  # jitter: processes do not retry in lockstep
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def default_cache_dir() -> Path:
@@ -74,8 +106,9 @@ class EmbeddingCache:
             return None
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(str(self.path), timeout=30)
+        con = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)  # explicit transactions
         try:
+            con.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             try:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.execute("PRAGMA synchronous=NORMAL")
@@ -106,10 +139,14 @@ class EmbeddingCache:
             dict_keys(['person', 'bus'])
         """
         unique = list(dict.fromkeys(texts))
+        if not unique:
+            return {}
+        return _retrying(lambda: self._get(identity, unique), "read")
+
+    def _get(self, identity: str, unique: list) -> dict:
+        """One attempt of ``get_many`` (distinct texts)."""
         con = self._connect(create=False)
-        if con is None or not unique:
-            if con is not None:
-                con.close()
+        if con is None:
             return {}
         found = {}
         with closing(con):
@@ -146,8 +183,18 @@ class EmbeddingCache:
         if not texts:
             return
         rows = [(identity, t, e.tobytes()) for t, e in zip(texts, embs)]
-        with closing(self._connect(create=True)) as con, con:  # one transaction
-            con.executemany("INSERT OR REPLACE INTO emb (identity, text, emb) VALUES (?, ?, ?)", rows)
+        _retrying(lambda: self._put(rows), "write")
+
+    def _put(self, rows: list) -> None:
+        """One attempt of ``put_many``: one write transaction, taking the write lock up front (``BEGIN IMMEDIATE``)."""
+        with closing(self._connect(create=True)) as con:
+            con.execute("BEGIN IMMEDIATE")  # the busy handler applies here, never to a later read->write upgrade
+            try:
+                con.executemany("INSERT OR REPLACE INTO emb (identity, text, emb) VALUES (?, ?, ?)", rows)
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
 
     def __repr__(self) -> str:
         return f"EmbeddingCache(path={str(self.path)!r})"

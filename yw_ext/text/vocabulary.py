@@ -2,8 +2,10 @@
 """Vocabulary builders: class names (+ a text encoder), exemplar images, or embeddings -> a ``Vocabulary``.
 
 This is where text and images are encoded; the detector only installs the result
-(``YWDetectionModel.install_vocabulary``). Which text encoder: the one given; else ``$YW_CLIP`` when set; else the
-text tower embedded in the checkpoint (official weights carry one); else ``yw_ext.text.load_clip()``.
+(``YWDetectionModel.install_vocabulary``). Which text encoder: the one given (``encoder=`` / ``clip=``: CLIP,
+Sentence-Transformers, M-CLIP or a projected encoder, see ``yw_ext.text.encoders``); else ``$YW_TEXT_ENCODER``; else
+``$YW_CLIP`` when set; else the text tower embedded in the checkpoint (official weights carry one); else
+``yw_ext.text.load_clip()``.
 
 Examples:
     >>> import torch
@@ -23,26 +25,42 @@ from yw_ext.core.log import LOGGER
 from yw_ext.vocab import Vocabulary, check_embeddings, pad_prompts, parse_classes
 
 
-def resolve_text_encoder(encoder: Any = None, embedded_state: dict | None = None) -> Any:
-    """The text encoder to use: ``encoder`` (object or CLIP source), ``$YW_CLIP``, the embedded tower, or the default.
+def resolve_text_encoder(encoder: Any = None, embedded_state: dict | None = None, clip: Any = None) -> Any:
+    """The text encoder to use, in this order: ``encoder`` (or its alias ``clip``), ``$YW_TEXT_ENCODER``, ``$YW_CLIP``,
+    the checkpoint's embedded tower, the default CLIP.
+
+    A path may be any format of ``yw_ext.text.encoders.load_text_encoder``: an OpenAI CLIP file, a Hugging Face
+    CLIP folder, a Sentence-Transformers folder, an M-CLIP folder, or a projection file from ``yw align-text``.
 
     Args:
-        encoder: An object with ``encode`` (used as is), a CLIP source path, or None.
-        embedded_state: A checkpoint's embedded CLIP text tower (``text_encoder_state``), used when ``encoder`` is
-            None and ``$YW_CLIP`` is not set.
+        encoder: An object with ``encode`` (used as is), a path, ``"clip"``, or None.
+        embedded_state: A checkpoint's embedded CLIP text tower (``text_encoder_state``), used when no encoder is
+            given and neither ``$YW_TEXT_ENCODER`` nor ``$YW_CLIP`` is set.
+        clip: Alias of ``encoder`` (the older name); give one of them.
+
+    Raises:
+        ValueError: both ``encoder`` and ``clip`` given (and different); a path of no known format.
 
     Examples:
         >>> enc = resolve_text_encoder("ViT-B-32.pt")  # doctest: +SKIP
+        >>> enc = resolve_text_encoder("clip-ViT-B-32-multilingual-v1")  # Sentence-Transformers  # doctest: +SKIP
     """
     from yw_ext.text.clip import ENV_CLIP, load_clip
+    from yw_ext.text.encoders import ENV_TEXT_ENCODER, load_text_encoder
 
-    if hasattr(encoder, "encode"):
-        return encoder
-    if encoder is None and embedded_state is not None and not os.environ.get(ENV_CLIP, "").strip():
+    if encoder is not None and clip is not None and encoder is not clip and str(encoder) != str(clip):
+        raise ValueError(f"give the text encoder once: encoder={encoder!r} and clip={clip!r} differ.")
+    encoder = encoder if encoder is not None else clip
+    if encoder is not None:
+        return load_text_encoder(encoder)
+    env = os.environ.get(ENV_TEXT_ENCODER, "").strip()
+    if env:
+        return load_text_encoder(env)
+    if embedded_state is not None and not os.environ.get(ENV_CLIP, "").strip():
         from yw_ext.text.embedded import text_encoder_from_state
 
         return text_encoder_from_state(embedded_state)
-    return load_clip(encoder)
+    return load_clip(None)
 
 
 def encode_prompts(texts: list[str], dim: int, encoder: Any = None, batch: int = 256, cache: Any = None,
@@ -60,8 +78,9 @@ def encode_prompts(texts: list[str], dim: int, encoder: Any = None, batch: int =
     enc = resolve_text_encoder(encoder, embedded_state)
     if enc.dim != dim:
         raise ValueError(
-            f"text encoder gives {enc.dim}-d embeddings but this model expects {dim}-d "
-            "(use the CLIP the model was trained with: ViT-B/32 for 512, ViT-L/14 for 768)."
+            f"text encoder {getattr(enc, 'source', type(enc).__name__)} gives {enc.dim}-d embeddings but this model "
+            f"expects {dim}-d. Use the CLIP the model was trained with (ViT-B/32 for 512, ViT-L/14 for 768), a "
+            "student distilled into its text space, or fit a projection for this encoder with `yw align-text`."
         )
     emb = encode_texts(enc, texts, cache=cache, batch=batch)
     return emb.float().cpu(), enc.identity
@@ -176,7 +195,7 @@ def vocabulary_from_images(names: list[str], prompts: list[list[str]], images: d
 def build_vocabulary(classes: Any, dim: int, embeddings: Any = None, encoder: Any = None, batch: int = 256,
                      cache: Any = None, images: dict | None = None, alpha: float | None = None, margin: float = 0.0,
                      use_text: bool = True, embedded_state: dict | None = None,
-                     adapter_state: dict | None = None) -> Vocabulary:
+                     adapter_state: dict | None = None, clip: Any = None) -> Vocabulary:
     """A ``Vocabulary`` from class names and text, embeddings, or exemplar images (arguments as ``set_classes``).
 
     Args:
@@ -192,6 +211,7 @@ def build_vocabulary(classes: Any, dim: int, embeddings: Any = None, encoder: An
         use_text: Encode class names as text (default); False for an image-only vocabulary.
         embedded_state: The checkpoint's embedded text tower, if any.
         adapter_state: A trained image-prompt adapter (``image_adapter_state``), if any.
+        clip: Alias of ``encoder``.
 
     Examples:
         >>> v = build_vocabulary(["a", "b"], 512, embeddings=torch.randn(2, 3, 512))
@@ -199,6 +219,10 @@ def build_vocabulary(classes: Any, dim: int, embeddings: Any = None, encoder: An
         (3, 6)
     """
     names, prompts = parse_classes(classes)
+    if clip is not None:
+        if encoder is not None and str(encoder) != str(clip) and encoder is not clip:
+            raise ValueError(f"give the text encoder once: encoder={encoder!r} and clip={clip!r} differ.")
+        encoder = clip
     if images is not None or not use_text:
         if embeddings is not None:
             raise ValueError("give class embeddings either as embeddings= or from images=, not both.")

@@ -1,0 +1,162 @@
+"""Speed paths of issue 20 compute what the paths they shortcut compute.
+
+- In-graph class reduction (export ``scores="max"``): each anchor's best logit and class per prompt group, one
+  sigmoid; the same raw rows and NMS detections as the full-score graph with ``multi_label=False``, for fixed
+  (folded, synonyms) and run-time vocabularies, in ONNX Runtime and in PyTorch.
+- The eager fast path of folded models in ``predict`` (``YWPredictor``: head ``score_mode = "max"``) against the
+  unmodified full path, and the banded head reduction against the plain one.
+- ``yw_ext.runtime.ops.non_max_suppression`` (now reduced along the class axis without a transposed copy).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_export import IMGSZ, NAMES, _detector, _emb, _rows, _session, crops, images  # noqa: F401 (fixtures)
+from yw_ext.engine.predictor import YWPredictor
+from yw_ext.nn import rep as rep_module
+from yw_ext.runtime import Detector
+from yw_ext.runtime.ops import non_max_suppression
+
+EXACT = 1e-6  # scores of the reduced path vs the full path (the issue's bound)
+
+
+def _same_rows(a, b) -> None:
+    """Identical detections: same count, boxes, classes; scores within ``EXACT``."""
+    a, b = _rows(a), _rows(b)
+    assert len(a) == len(b), (len(a), len(b))
+    if len(a):
+        assert (a[:, 5] == b[:, 5]).all()
+        assert np.abs(a[:, :4] - b[:, :4]).max() <= 1e-4
+        assert np.abs(a[:, 4] - b[:, 4]).max() <= EXACT
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Fixed (3 classes x 2 synonyms, folded) and run-time-vocabulary exports, full and reduced, raw and NMS."""
+    d = tmp_path_factory.mktemp("speed")
+    fixed = _detector()
+    fixed.set_classes(NAMES, embeddings=_emb(3, 2))
+    dyn = _detector()
+    dyn.set_classes(NAMES, embeddings=_emb(3))
+    kw = dict(imgsz=IMGSZ, verbose=False, dynamic=True)
+    files = {}
+    for name, model, extra in (("fixed", fixed, {}), ("dyn", dyn, {"dynamic_vocab": True})):
+        for scores in ("full", "max"):
+            files[name, scores, "raw"] = model.export(format="onnx", scores=scores, out=d / f"{name}_{scores}.onnx",
+                                                      **kw, **extra)
+            files[name, scores, "nms"] = model.export(format="onnx", nms=True, scores=scores, conf=0.25, iou=0.7,
+                                                      out=d / f"{name}_{scores}_nms.onnx", **kw, **extra)
+    return fixed, files
+
+
+def _inputs(crops) -> np.ndarray:
+    from yw_ext.runtime.ops import letterbox, preprocess
+
+    x = preprocess([letterbox(im, (IMGSZ, IMGSZ))[0] for im in crops])  # (2, 3, IMGSZ, IMGSZ)
+    return np.concatenate([x, x[..., ::-1].copy()])  # 4 different images
+
+
+@pytest.mark.parametrize("vocab", ["fixed", "dyn"])
+def test_reduced_graph_equals_full_graph(exports, crops, vocab):
+    """Raw rows: max / argmax of the full graph's scores; NMS rows and runtime detections identical."""
+    fixed, files = exports
+    x = _inputs(crops)
+    feeds = {"images": x}
+    if vocab == "dyn":  # synonyms at run time: 3 classes x 2 prompts through txt_feats
+        feeds["txt_feats"] = _emb(3, 2).reshape(1, 6, 512).numpy()
+    full, red = (_session(files[vocab, s, "raw"]).run(None, feeds)[0] for s in ("full", "max"))
+    assert full.shape[1] == 4 + (3 if vocab == "fixed" else 6) and red.shape == (4, 6, full.shape[2])
+    assert np.array_equal(full[:, :4], red[:, :4])
+    assert np.abs(full[:, 4:].max(1) - red[:, 4]).max() <= EXACT
+    assert np.array_equal(full[:, 4:].argmax(1), red[:, 5])
+    nms_full, nms_red = (_session(files[vocab, s, "nms"]).run(None, feeds)[0] for s in ("full", "max"))
+    assert (nms_full[..., 4] > 0).sum() > 8  # the comparison below has rows to compare
+    for a, b in zip(nms_full, nms_red):
+        _same_rows(a[a[:, 4] > 0], b[b[:, 4] > 0])
+    # the torch-free runtime: the same detections from either file (synonyms mapped to classes for "dyn")
+    for kind in ("raw", "nms"):
+        det_full, det_red = Detector(files[vocab, "full", kind]), Detector(files[vocab, "max", kind])
+        if vocab == "dyn":
+            for det in (det_full, det_red):
+                det.set_classes(NAMES, embeddings=_emb(3, 2).numpy())
+        assert det_red.metadata["scores"] == "max" and det_full.metadata["scores"] == "full"
+        for a, b in zip(det_full(crops, conf=0.25), det_red(crops, conf=0.25)):
+            assert len(a) > 0
+            _same_rows(np.c_[a.boxes, a.scores, a.class_ids], np.c_[b.boxes, b.scores, b.class_ids])
+
+
+def test_reduced_graph_matches_pytorch(exports, crops):
+    """ONNX Runtime's reduced rows equal the folded PyTorch head's reduced rows (synonyms: class = prompt // G)."""
+    fixed, files = exports
+    x = _inputs(crops)
+    (y_ort,) = _session(files["fixed", "max", "raw"]).run(None, {"images": x})
+    m = copy.deepcopy(fixed.model).eval()
+    rep_module.reparameterize(m)
+    head = m.model[-1]
+    with torch.no_grad():
+        y_full = m(torch.from_numpy(x))[0]  # (4, 4 + 3, A): synonyms reduced by the model
+        head.score_mode, head.score_groups = "max", 2
+        y_red = m(torch.from_numpy(x))[0]  # (4, 6, A)
+    assert y_red.shape == (4, 6, y_full.shape[2])
+    assert torch.equal(y_red[:, 5], y_full[:, 4:].argmax(1).float())
+    assert (y_red[:, 4] - y_full[:, 4:].amax(1)).abs().max().item() <= EXACT
+    assert np.abs(y_ort[:, 4] - y_red[:, 4].numpy()).max() <= 1e-3
+    agree = (y_ort[:, 5] == y_red[:, 5].numpy()).mean()  # runtimes: equal unless two logits are within rounding
+    assert agree >= 0.999 and np.abs(y_ort[:, :4] - y_red[:, :4].numpy()).max() <= 1e-2
+
+
+@pytest.mark.parametrize("band_bytes", [rep_module.BAND_BYTES, 4096])
+def test_eager_head_reduction_equals_full(monkeypatch, band_bytes):
+    """The folded head's banded max / argmax (eager fast path) equals the max / argmax of its full output."""
+    monkeypatch.setattr(rep_module, "BAND_BYTES", band_bytes)
+    torch.manual_seed(0)
+    head = rep_module.RepWorldDetect(nc=12, hidden=32, embed=16, with_bn=True, ch=(16, 32, 64)).eval()
+    head.stride = torch.tensor([8.0, 16.0, 32.0])
+    for b in head.cv3:
+        torch.nn.init.normal_(b[-1].weight, std=0.5)
+    x = [torch.randn(2, c, s, s) for c, s in ((16, 20), (32, 10), (64, 5))]
+    with torch.no_grad():
+        y_full = head(x)[0]  # (2, 4 + 12, A)
+        head.score_mode, head.score_groups = "max", 3
+        y_red, preds = head(x)
+    assert y_red.shape == (2, 6, y_full.shape[2]) and preds["scores"].shape == (2, 1, y_full.shape[2])
+    assert torch.equal(y_red[:, :4], y_full[:, :4])
+    assert (y_red[:, 4] - y_full[:, 4:].amax(1)).abs().max().item() <= EXACT
+    assert torch.equal(y_red[:, 5], torch.div(y_full[:, 4:].argmax(1), 3, rounding_mode="floor").float())
+
+
+def test_eager_predict_fast_path_equals_full_path(exports, crops, monkeypatch):
+    """``predict`` with a folded model: the reduced path is taken and keeps exactly the full path's detections."""
+    fixed, _ = exports
+    model = copy.deepcopy(fixed)
+    model.reparameterize()
+    kw = dict(imgsz=IMGSZ, conf=0.25, iou=0.7, verbose=False)
+    fast = model.predict(crops, **kw)
+    assert model.predictor._reduced and model.model.model[-1].score_mode == "full"  # restored after the call
+    monkeypatch.setattr(YWPredictor, "_reducing_head", lambda self: None)
+    slow = model.predict(crops, **kw)
+    assert not model.predictor._reduced
+    for a, b in zip(slow, fast):
+        assert len(a.boxes) > 3
+        _same_rows(a.boxes.data.numpy(), b.boxes.data.numpy())
+    with torch.no_grad():  # a plain forward after predict is the full output again
+        assert model.model.eval()(torch.zeros(1, 3, IMGSZ, IMGSZ))[0].shape[1] == 4 + 3
+
+
+def test_runtime_nms_matches_ultralytics():
+    """``runtime.ops.non_max_suppression`` (class axis reduced in place) equals Ultralytics' NMS."""
+    from ultralytics.utils.nms import non_max_suppression as ul_nms
+
+    g = np.random.default_rng(0)
+    y = np.concatenate([g.uniform(20, 140, (2, 2, 400)), g.uniform(4, 40, (2, 2, 400)),
+                        g.uniform(0, 1, (2, 7, 400)) ** 3], 1).astype(np.float32)
+    ours = non_max_suppression(y, 0.25, 0.5)
+    ref = ul_nms(torch.from_numpy(y), 0.25, 0.5)
+    for a, b in zip(ours, ref):
+        assert len(a) == len(b) > 5
+        assert np.abs(_rows(a) - _rows(b.numpy())).max() <= 1e-4
