@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 IMGSZ = 128
-CLASSES = ["person", ["car", "automobile"], "dog"]  # a synonym: G = 2, so the max over prompts is exercised
+_SHARED: dict = {}
 
 
 def tiny_detector(seed: int = 0):
@@ -54,7 +54,9 @@ def export_dynvocab(model, folder: Path) -> Path:
 def dv_files(tmp_path_factory):
     """The tiny detector (default vocabulary person / car / dog) and its run-time-vocabulary ONNX, exported once for
     test_scale and test_serve (import this fixture into the test module)."""
-    d = tmp_path_factory.mktemp("dv")
-    model = tiny_detector()
-    model.set_classes(["person", "car", "dog"], embeddings=unit_rows(3))
-    return model, export_dynvocab(model, d)
+    if "dv" not in _SHARED:  # a fixture imported into two modules is two fixtures: share the export here
+        d = tmp_path_factory.mktemp("dv")
+        model = tiny_detector()
+        model.set_classes(["person", "car", "dog"], embeddings=unit_rows(3))
+        _SHARED["dv"] = model, export_dynvocab(model, d)
+    return _SHARED["dv"]

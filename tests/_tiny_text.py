@@ -13,6 +13,7 @@ Examples:
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import warnings
@@ -33,7 +34,12 @@ def save_transformer(kind: str, folder: Path, seed: int = 0) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
+    if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters:  # transformers >= 5
+        tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(VOCAB)})
+    else:
+        tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    assert tok.convert_tokens_to_ids("人") == VOCAB.index("人"), "tokenizer vocabulary not applied"
+    tok.save_pretrained(str(folder))
     sizes = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=64)
     cfg = BertConfig(max_position_embeddings=64, **sizes) if kind == "bert" else \

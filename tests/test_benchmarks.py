@@ -14,7 +14,8 @@ from yw_ext import bench
 from yw_ext.cli import LATER
 from yw_ext.cli import run as yw_run
 
-PT_AND_ORT = ("ultralytics", "pt_eager", "pt_folded", "ultralytics_onnx", "ort_fixed", "ort_dynvocab")
+PT_AND_ORT = ("ultralytics", "pt_eager", "pt_folded", "pt_folded_max", "ultralytics_onnx", "ort_fixed", "ort_max",
+              "ort_dynvocab")
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +141,20 @@ def test_random_clip_and_coco128_subset(tmp_path, coco128):
     images = sorted((tmp_path / "data" / "images" / "train").iterdir())
     labels = sorted((tmp_path / "data" / "labels" / "train").iterdir())
     assert data.is_file() and len(images) == len(labels) == 3 and all(p.is_symlink() for p in images + labels)
+
+
+def test_e2e_command(tmp_path, coco128):
+    """``yw bench e2e=True`` on 2 COCO128 images at 64 px, K = 3: one row per backend with images/s and the split."""
+    out = tmp_path / "e2e"
+    yw_run(["bench", "e2e=True", "scales=n", "imgsz=64", "ks=3", "pairs=1", "warmup=0", "gap=0", "e2e_images=2",
+            f"images={coco128 / 'images' / 'val2017'}", f"out={out}", "name=e2e"])
+    with open(out / "e2e.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["backend"] for r in rows] == list(bench.E2E_BACKENDS)
+    for r in rows:
+        assert r["kind"] == "e2e" and r["status"] == "ok" and r["K"] == "3" and r["torch"] and r["device"] == "cpu"
+        assert float(r["throughput"]) > 0 and r["throughput_unit"] == "images/s" and r["ratio"]
+        assert r["baseline"] == bench.E2E_BASELINE[r["backend"]] and "2 images" in r["note"]
+        assert float(r["inference_ms"]) > 0 and r["preprocess_ms"] and r["postprocess_ms"]
+    assert (out / "e2e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| n | 64 | 3 | runtime |" in (out / "e2e.md").read_text()

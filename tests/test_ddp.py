@@ -54,7 +54,8 @@ def expected_images(run_data: dict) -> list[str]:
     """The detection subset's images and the grounding JSON's images."""
     det = Path(run_data["yaml"]).parent / "subset" / "images" / "train"
     folder = Path(run_data["grounding"]["img_path"])
-    grounding = [folder / im["file_name"] for im in json.loads(Path(run_data["grounding"]["json_file"]).read_text())["images"]]
+    listed = json.loads(Path(run_data["grounding"]["json_file"]).read_text())["images"]
+    grounding = [folder / im["file_name"] for im in listed]
     return sorted(str(p.resolve()) for p in [*det.iterdir(), *grounding])
 
 
@@ -105,20 +106,26 @@ class _Built(Exception):
     """Raised instead of training: the trainer and its model are built."""
 
 
-def test_trainer_rebuilt_from_args_alone_builds_the_same_model(env, run_data, monkeypatch):
+@pytest.mark.parametrize("mode, width", [("finetune", 768), ("rep", 512)])
+def test_trainer_rebuilt_from_args_alone_builds_the_same_model(env, run_data, monkeypatch, mode, width):
     """Without the pickled model (Ultralytics' DDP files before 8.4 held only the args), the args must be enough."""
 
     def stop(self):
         raise _Built
 
     monkeypatch.setattr(YWTrainer, "train", stop)
-    model = yw_ext.YOLOWorld("yw-v2.yaml", scale="s", embed_dim=768)  # not the YAML's first scale, nor its width
+    model = yw_ext.YOLOWorld("yw-v2.yaml", scale="s", embed_dim=width)  # not the YAML's first scale
     with pytest.raises(_Built):
-        model.train(data=run_data["yaml"], epochs=1, project=str(env / "runs"), name="args", **TRAIN)
-    args = dict(vars(model.trainer.args))
-    assert args["model"] == "yw-v2.yaml" and args["yw_scale"] == "s" and args["yw_embed_dim"] == 768
+        model.train(data=run_data["yaml"], mode=mode, epochs=1, project=str(env / "runs"), name=mode, **TRAIN)
+    parent = model.trainer
+    args = dict(vars(parent.args))
+    assert args["model"] == "yw-v2.yaml" and args["yw_scale"] == "s" and args["yw_embed_dim"] == width
+    assert args["yw_mode"] == mode
 
-    rebuilt = YWTrainer(overrides=args)  # what a worker of args alone does
+    rebuilt = type(parent)(overrides=args)  # what a worker of args alone does
     assert rebuilt.setup_model() is None
-    assert shapes(rebuilt.model) == shapes(model.trainer.model) and rebuilt.model.embed_dim == 768
+    assert shapes(rebuilt.model) == shapes(parent.model) and rebuilt.model.embed_dim == width
     assert {k: getattr(rebuilt.args, k) for k in RUN_KEYS} == {k: args[k] for k in RUN_KEYS}
+    if mode == "rep":  # the dataset vocabulary, encoded by the same encoder and folded
+        assert rebuilt.model.folded and list(rebuilt.model.names.values()) == run_data["names"]
+        assert args["yw_text_encoder"] == os.environ["YW_CLIP"] and args["yw_text_encoder_id"]

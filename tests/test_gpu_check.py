@@ -30,9 +30,10 @@ def gc():
 
 def test_options(gc):
     a = gc.parse_args([])
-    assert (a.scales, a.nms_scales, a.latency_scales, a.ks, a.imgsz) == (["s", "l"], ["s", "l"], ["l"],
+    assert (a.scales, a.nms_scales, a.latency_scales, a.ks, a.imgsz) == (["s", "l"], ["s"], ["l"],
                                                                           [3, 80, 1203], 640)
     assert a.out == ROOT / "benchmarks" / "results" / "gpu_check.csv" and a.budget < 480
+    assert a.ultralytics_engine == "onnx" and gc.parse_args(["--ultralytics-engine", "export"]).ultralytics_engine
     a = gc.parse_args(["--scales", "s", "--nms-scales", "s", "--skip", "int8,ddp", "--out", "x.csv"])
     assert a.skip == ["int8", "ddp"] and str(a.out) == "x.csv"
     with pytest.raises(SystemExit):
@@ -145,7 +146,10 @@ def test_check_list(gc):
     for scale in ("s", "l"):
         for variant in ("fixed80", "dynamic"):
             assert ("engine", scale, variant, 16) in got and ("engine", scale, variant, 8) in got
-        assert ("engine", scale, "nms", 16) in got and ("engine", scale, "efficient", 16) in got
+    assert ("engine", "s", "nms", 16) in got and ("engine", "s", "efficient", 16) in got  # the parse question
+    assert ("engine", "l", "nms", 16) not in got
+    both = [(i.scale, i.variant) for i in gc.check_list(gc.parse_args(["--nms-scales", "s,l"]), gpus=1)]
+    assert ("l", "nms") in both and ("l", "efficient") in both
     assert got[0] == ("engine_api", "s", "fixed80", 16) and ("detector", "s", None, None) in got
     assert ("latency", "l", None, None) in got
     assert got.index(("latency", "l", None, None)) < got.index(("engine", "s", "fixed80", 8))  # INT8 last
@@ -163,7 +167,8 @@ def test_latency_rows_and_summary(gc):
                "ultralytics_k1203": [2.0 * ms] * 3, "dynamic_k80": [1.5 * ms] * 3}
     rows = {r["item"]: r for r in gc.latency_rows(samples, "l")}
     assert rows["latency ours_k80"]["ms"] == 1.2 and rows["latency ours_k80"]["target_met"] is True
-    assert rows["latency ours/ultralytics K=80"]["ratio"] == 0.96 and rows["latency ours/ultralytics K=80"]["target_met"]
+    k80 = rows["latency ours/ultralytics K=80"]
+    assert k80["ratio"] == 0.96 and k80["target_met"]
     assert rows["latency ours/ultralytics K=1203"]["ratio"] == 0.65
     assert rows["latency dynamic/fixed K=80"]["ratio"] == 1.25 and not rows["latency dynamic/fixed K=80"]["target_met"]
     assert all(r["status"] == "ok" for r in rows.values())  # missed targets are reported, not failures
@@ -171,3 +176,23 @@ def test_latency_rows_and_summary(gc):
     code, lines = gc.summary([{"item": "engine", "scale": "l", "variant": "dynamic", "precision": 8, "K": 1203,
                                "status": "fail", "note": "RuntimeError: build failed"}])
     assert code == 1 and lines == ["FAIL engine l dynamic INT8 K=1203: RuntimeError: build failed"]
+
+
+def test_run_records_failures_skips_and_the_budget(gc, tmp_path, monkeypatch):
+    run = gc.Run(gc.parse_args(["--budget", "100", "--data", str(tmp_path)]), tmp_path)
+
+    def broken(run, item):
+        raise RuntimeError("TensorRT could not parse x.onnx: NonMaxSuppression\nsecond line")
+
+    monkeypatch.setitem(gc.ITEMS, "engine", broken)
+    monkeypatch.setitem(gc.ITEMS, "detector", lambda run, item: [{"status": "ok", "note": "fine"}])
+    run.do(gc.Item("engine", "s", "nms", 16))  # about 40 s: runs (and fails)
+    run.do(gc.Item("detector", "s"))
+    run.do(gc.Item("ddp", skip="one GPU: DDP needs at least two"))
+    run.do(gc.Item("latency", "l"))  # about 270 s: past the budget of 100 s
+    got = [(r["item"], r["status"], r["note"]) for r in run.rows]
+    assert got[:3] == [("engine", "fail", "RuntimeError: TensorRT could not parse x.onnx: NonMaxSuppression"),
+                       ("detector", "ok", "fine"), ("ddp", "skipped", "one GPU: DDP needs at least two")]
+    assert got[3][:2] == ("latency", "fail") and "would pass the --budget of 100 s" in got[3][2]
+    code, lines = gc.summary(run.rows)
+    assert code == 1 and len(lines) == 2 and lines[0].startswith("FAIL engine s nms FP16: RuntimeError")

@@ -9,10 +9,13 @@ federated filter, the not-exhaustive ignore, area ranges and both caps.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -232,6 +235,24 @@ def lvis_dataset(coco128: Path, gt: dict, root: Path, n: int = 8) -> Path:
     return yaml
 
 
+@contextlib.contextmanager
+def logged() -> Iterator[list[str]]:
+    """Collect the messages of the Ultralytics logger (its handler writes to the stream it was created with)."""
+    from ultralytics.utils import LOGGER
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    lines: list[str] = []
+    handler = Collect()
+    LOGGER.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        LOGGER.removeHandler(handler)
+
+
 def tiny_scoring_model(gt: dict, coco128: Path, per_image: int = 150):
     """A random yw-v2-n whose contrastive-head bias is shifted so that about ``per_image`` (anchor, class) scores of a
     COCO128 image pass 0.001 (plain random weights score everything far below it; no trained tiny model is kept)."""
@@ -245,7 +266,8 @@ def tiny_scoring_model(gt: dict, coco128: Path, per_image: int = 150):
     model = yw_ext.YOLOWorld("yw-v2-n.yaml")
     randomize_(model.model)
     model.set_classes([c["name"].replace("_", " ") for c in gt["categories"]])  # as the validator will (tiny CLIP)
-    img = cv2.resize(cv2.imread(str(coco128 / "images" / "val2017" / Path(gt["images"][0]["file_name"]).name)), (96, 96))
+    name = Path(gt["images"][0]["file_name"]).name
+    img = cv2.resize(cv2.imread(str(coco128 / "images" / "val2017" / name)), (96, 96))
     x = torch.from_numpy(img[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255  # (1, 3, 96, 96) RGB
     with torch.no_grad():
         scores = model.model.eval()(x)[0][0, 4:].flatten()  # (nc * anchors,)
@@ -257,7 +279,7 @@ def tiny_scoring_model(gt: dict, coco128: Path, per_image: int = 150):
     return model
 
 
-def test_yw_val_fixed_ap_prints_ap_and_writes_json_and_csv(coco128, gt, env, tmp_path, capsys):
+def test_yw_val_fixed_ap_prints_ap_and_writes_json_and_csv(coco128, gt, env, tmp_path):
     from yw_ext.cli import run
 
     yaml = lvis_dataset(coco128, gt, tmp_path / "lvis")
@@ -265,20 +287,39 @@ def test_yw_val_fixed_ap_prints_ap_and_writes_json_and_csv(coco128, gt, env, tmp
     assert len(labels) == 8 and (tmp_path / "lvis" / "minival.txt").read_text().count("./images/val2017/") == 8
     weights = tmp_path / "tiny.pt"
     tiny_scoring_model(gt, coco128).save(weights)
-    metrics = run(["val", f"model={weights}", f"data={yaml}", "split=minival", "fixed_ap=True", "imgsz=96", "batch=8",
-                   "device=cpu", "plots=False", f"project={tmp_path / 'runs'}", "name=val"])  # fmt: skip
-    text = capsys.readouterr().out
+    with logged() as lines:
+        metrics = run(["val", f"model={weights}", f"data={yaml}", "split=minival", "fixed_ap=True", "imgsz=96",
+                       "batch=8", "device=cpu", "plots=False", f"project={tmp_path / 'runs'}", "name=val"])  # fmt: skip
+    text = "\n".join(lines)
     assert "LVIS fixed AP (top 10000 detections per class" in text and "APr" in text and "images/s" in text
     assert "conf 0.001, max_det 1000 per image" in text  # the official inference settings, stated
     files = metrics.lvis["files"]
     preds = json.loads(Path(files["predictions"]).read_text())
     assert preds and {"image_id", "category_id", "bbox", "score"} <= set(preds[0])
+    assert min(p["score"] for p in preds) >= 0.001 and max(p["bbox"][0] + p["bbox"][2] for p in preds) > 96  # pixels
+    sizes = {im["id"]: (im["width"], im["height"]) for im in gt["images"][:8]}
+    assert all(p["image_id"] in sizes and p["bbox"][0] + p["bbox"][2] <= sizes[p["image_id"]][0] + 0.01 for p in preds)
     csv_lines = Path(files["per_class"]).read_text().splitlines()
     assert csv_lines[0].startswith("category_id,name,frequency") and len(csv_lines) == 81
     dets = np.array([[p["image_id"], p["category_id"], *p["bbox"], p["score"]] for p in preds])
     again = fa.evaluate_lvis(gt, dets, image_ids=[im["id"] for im in gt["images"][:8]])
     for k in METRICS:  # the written JSON is exactly what was evaluated
         assert again.metrics[k] == pytest.approx(metrics.lvis[k], abs=1e-12)
+
+
+def test_validator_maps_files_classes_and_boxes_to_lvis_ids():
+    import torch
+
+    from yw_ext.engine.validator import YWValidator
+
+    v = YWValidator(args=dict(data="unused.yaml"))
+    v.training, v.lvis_dets = False, []
+    v.lvis = {"json": "gt.json", "ids": {"000000000139.jpg": 139}, "cats": np.array([3.0, 7.0, 11.0])}  # sorted ids
+    predn = {"bboxes": torch.tensor([[10.0, 20, 50, 80]]), "conf": torch.tensor([0.5]), "cls": torch.tensor([2.0])}
+    v.pred_to_json(predn, {"im_file": "/data/images/val2017/000000000139.jpg"})
+    assert v.lvis_dets[0].tolist() == [[139, 11, 10, 20, 40, 60, 0.5]]  # class 2 -> 3rd category id; xyxy -> xywh
+    with pytest.raises(ValueError, match="not in the LVIS annotation JSON"):
+        v.pred_to_json(predn, {"im_file": "/data/images/val2017/000000000285.jpg"})
 
 
 # --------------------------------------------------------------------------------------------------- bad input
@@ -327,3 +368,12 @@ def test_lvis_yaml_offline_error_names_files_urls_and_folder(monkeypatch):
     msg = str(e.value)
     for s in ("minival.txt", "lvis_v1_val.json.zip", "lvis_v1_minival_inserted_image_name.json", "val2017.zip"):
         assert s in msg
+
+
+def test_eval_package_is_torch_free():
+    import subprocess
+
+    code = ("import sys, yw_ext.eval; bad = {'torch', 'ultralytics', 'lvis'} & set(sys.modules); "
+            "sys.exit(f'loaded {sorted(bad)}' if bad else 0)")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr + r.stdout

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import yw_ext
+from yw_ext.engine.modes import resume_mode
 from tests.test_train import SYNONYMS, coco_names, grounding_json, link_subset, synonym_json, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,8 @@ def kill_after_first_epoch(train: dict, tmp: Path) -> Path:
         deadline = time.monotonic() + 600  # a hang guard, not a speed check
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert marker.exists(), f"training never finished epoch 1 (rc {proc.poll()}):\n{(tmp / 'child.log').read_text()[-3000:]}"
+        log_tail = (tmp / "child.log").read_text()[-3000:]
+        assert marker.exists(), f"training never finished epoch 1 (rc {proc.poll()}):\n{log_tail}"
         time.sleep(0.2)  # the marker's text is written
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=60) == -signal.SIGKILL
@@ -119,6 +121,7 @@ def test_rep_killed_after_epoch_one_resumes_in_rep_mode(env, run_data):
     interrupted = yw_ext.YOLOWorld(str(last))
     assert interrupted.model.folded and interrupted.vocabulary == run_data["names"]
     assert interrupted.ckpt["train_args"]["yw_mode"] == "rep"
+    assert resume_mode(True, interrupted.ckpt) == resume_mode(str(last)) == "rep"  # what train(resume=...) reads
     with pytest.raises(ValueError, match="was trained with mode='rep'; resume it with mode='rep'"):
         yw_ext.YOLOWorld(str(last)).train(resume=True, mode="finetune")
 

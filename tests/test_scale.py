@@ -26,7 +26,9 @@ def _rows(boxes, scores, classes) -> np.ndarray:
 def test_detect_dataset_equals_predict_and_resumes(coco128, dv_files, tmp_path):  # noqa: F811
     """COCO128 val (128 images), 2 workers, synonyms (G = 2) shipped as embeddings: == PyTorch predict per image
     (boxes within 1e-3 px, same classes and scores); YOLO labels; a rerun after deleting one partition redoes it
-    alone, on a cluster whose every address is 127.0.0.1 and whose workers each hold one model for the vocabulary."""
+    alone (`yw label ... scheduler=tcp://127.0.0.1:...`), on a cluster whose every address is 127.0.0.1 and whose
+    workers each hold one model for the vocabulary."""
+    from yw_ext.cli import run as yw
     from yw_ext.scale import detect_dataset, read_results
     from yw_ext.scale.dataset import dask_client
     from yw_ext.scale.vocabulary import payload, resolve_vocabulary
@@ -68,7 +70,10 @@ def test_detect_dataset_equals_predict_and_resumes(coco128, dv_files, tmp_path):
         info = client.scheduler_info()
         addrs = [info["address"], *info["workers"]]
         assert all(a.startswith("tcp://127.0.0.1:") for a in addrs), addrs
-        s2 = detect_dataset(coco128 / "images" / "val2017", onnx, out, scheduler=client, **kw)
+        np.save(tmp_path / "emb.npy", emb)
+        s2 = yw(["label", f"source={coco128 / 'images' / 'val2017'}", f"model={onnx}", f"out={out}",  # the CLI
+                 "classes=person,car,dog", f"embeddings={tmp_path / 'emb.npy'}", "partition_size=32", "labels=True",
+                 f"scheduler={info['address']}"])
         cached = client.run(cache_info)
     assert (s2["computed"], s2["skipped"]) == (1, 3)
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(out.glob("part-*.parquet"))}

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -160,3 +161,71 @@ def test_runtime_nms_matches_ultralytics():
     for a, b in zip(ours, ref):
         assert len(a) == len(b) > 5
         assert np.abs(_rows(a) - _rows(b.numpy())).max() <= 1e-4
+
+
+def test_int8_body_placement_is_fusable(coco128, tmp_path, images):
+    """``quantize=8`` (placement "body"): ONNX Runtime runs every Conv before the head's decoding as QLinearConv
+    (integer convolutions) and SiLU as QLinearSigmoid / QLinearMul, the decoding stays float, and
+    scores stay close to FP32. The old Conv-only placement leaves most convs in FP32 (the reason it was slower)."""
+    import onnx
+
+    from tests.test_export import _letterboxed
+    from yw_ext.export.quant import head_tail_nodes, quantize_onnx_static
+
+    model = _detector()
+    model.set_classes(NAMES, embeddings=_emb(3))
+    f32 = model.export(format="onnx", out=tmp_path / "m.onnx", imgsz=96, verbose=False)
+    data = str(coco128 / "coco128.yaml")
+
+    def fused(path) -> Counter:
+        """Op counts of the graph ONNX Runtime actually runs (after its QDQ fusions)."""
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(path) + ".opt.onnx"
+        so.log_severity_level = 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+    tail = head_tail_nodes(onnx.load(f32).graph)
+    n_convs = sum(n.op_type == "Conv" for n in onnx.load(f32).graph.node)
+    assert 7 <= len(tail) < 80  # the head's 6 last convs, the DFL, the decoding
+    body = quantize_onnx_static(f32, tmp_path / "body.onnx", data, n_images=4)
+    conv = quantize_onnx_static(f32, tmp_path / "conv.onnx", data, n_images=4, placement="conv")
+    ops_body, ops_conv = fused(body), fused(conv)
+    assert ops_body["QLinearConv"] == n_convs - 7 and ops_body["Conv"] == 7, ops_body  # float: 6 last convs + DFL
+    assert ops_body["QLinearSigmoid"] > 0 and ops_body["QLinearMul"] > 0  # SiLU in integers too
+    assert ops_conv["Conv"] > n_convs // 2, ops_conv  # Conv-only placement: most convs still run in FP32
+    x = _letterboxed(images["bus"], 96).numpy()
+    (a,), (b,) = _session(f32).run(None, {"images": x}), _session(body).run(None, {"images": x})
+    assert np.abs(a[:, 4:] - b[:, 4:]).max() < 0.1 and np.abs(a[:, :4] - b[:, :4]).max() < 8
+
+
+@pytest.mark.parametrize("n,classes", [(700, 1), (900, 40)])
+def test_runtime_blocked_nms_equals_torchvision(n, classes):
+    """``runtime.ops.nms_indices`` (blocked IoU matrix, early stop at ``max_keep``) keeps torchvision's boxes."""
+    import torchvision
+
+    from yw_ext.runtime.ops import nms_indices
+
+    g = np.random.default_rng(n)
+    xy = g.uniform(0, 320, (n, 2))
+    b = np.concatenate([xy, xy + g.uniform(4, 120, (n, 2))], 1).astype(np.float32)
+    b += (g.integers(0, classes, n) * 7680.0)[:, None].astype(np.float32)  # class-aware offsets, as predict
+    s = g.random(n).astype(np.float32)
+    ref = torchvision.ops.nms(torch.from_numpy(b), torch.from_numpy(s), 0.5).numpy()
+    ours = nms_indices(b, s, 0.5)
+    assert 300 < len(ref) < n and np.array_equal(ours, ref)  # several blocks of 256, some boxes suppressed
+    assert np.array_equal(nms_indices(b, s, 0.5, max_keep=100), ref[:100])
+
+
+def test_runtime_preprocess_one_pass_equals_reference():
+    """``runtime.ops.preprocess`` (one strided pass) equals the two-pass float conversion and Ultralytics' formula."""
+    from yw_ext.runtime.ops import preprocess
+
+    ims = [np.random.default_rng(i).integers(0, 256, (48, 64, 3), dtype=np.uint8) for i in range(2)]
+    ref = np.ascontiguousarray(np.stack(ims)[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    ul = torch.from_numpy(np.ascontiguousarray(np.stack(ims)[..., ::-1].transpose(0, 3, 1, 2))).float() / 255
+    out = preprocess(ims)
+    assert out.dtype == np.float32 and out.flags.c_contiguous and out.shape == (2, 3, 48, 64)
+    assert np.array_equal(out, ref) and np.array_equal(out, ul.numpy())

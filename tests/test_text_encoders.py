@@ -107,6 +107,9 @@ def test_resolution_encoder_clip_and_env(folders, tiny_clip_file, monkeypatch):
     assert resolve_text_encoder(clip=folders["st"]) is st
     with pytest.raises(ValueError, match="give the text encoder once"):
         resolve_text_encoder(folders["st"], clip=tiny_clip_file)
+    from yw_ext.text.vocabulary import build_vocabulary
+
+    assert build_vocabulary(["dog"], 512, clip=str(folders["st"]), cache=False).text_encoder_id == st.identity
     monkeypatch.setenv("YW_CLIP", str(tiny_clip_file))
     assert resolve_text_encoder().identity.startswith("openai-clip:")
     monkeypatch.setenv("YW_TEXT_ENCODER", str(folders["mclip"]))
@@ -202,7 +205,13 @@ def test_onnx_export_and_runtime(folders, name, tmp_path):
 
     enc = load_text_encoder(folders[name])
     texts = TEXTS if name == "st" else TEXTS[:4]
-    out = export_text_encoder(str(folders[name]), tmp_path / f"{name}_text.onnx", simplify=name == "st")
+    if name == "st":
+        out = export_text_encoder(str(folders[name]), tmp_path / f"{name}_text.onnx")
+    else:  # the command line: yw export model=text encoder=...
+        from yw_ext.cli import run
+
+        out = run(["export", "model=text", f"encoder={folders[name]}", f"out={tmp_path / 'mclip_text.onnx'}",
+                   "simplify=False"])
     assert (tmp_path / f"{name}_text.tokenizer.json").is_file()
     rt = RuntimeTextEncoder(out)
     assert rt.kind == "st_text" and rt.identity == enc.identity and rt.dim == 512

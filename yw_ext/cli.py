@@ -4,6 +4,7 @@ Examples:
     yw predict model=l source=bus.jpg classes="person,bus"
     yw predict model=yw-v2-s.yaml source=images/ classes="person,car|automobile" conf=0.1
     yw val model=best.pt data=coco128.yaml
+    yw val model=l data=lvis.yaml split=minival fixed_ap=True       # LVIS fixed AP, APr/APc/APf (extra: lvis)
     yw train model=l data=coco128.yaml epochs=1 imgsz=320
     yw train model=best.pt data=coco128.yaml mode=prompt init=text adapter=False epochs=20
     yw train model=best.pt data=coco128.yaml mode=image_prompt clip=ViT-B-32.pt crops=32 epochs=10
@@ -18,6 +19,8 @@ Examples:
     yw align-text student=clip-ViT-B-32-multilingual-v1 texts=names.txt check=True  # how close to the detector's CLIP
     yw bench quick=True                                              # benchmarks vs Ultralytics (< 3 min on 2 CPUs)
     yw bench scales=s imgsz=640 ks=80,1203 pairs=10 out=results      # any yw_ext.bench.BenchConfig field as key=value
+    yw label source=images/ model=dv.onnx out=labels/ classes="person,car" text_encoder=clip_text.onnx  # Dask
+    yw serve model=dv.onnx text_encoder=clip_text.onnx host=127.0.0.1 port=8000 workers=2          # HTTP service
 
 ``classes`` is a comma-separated vocabulary; ``|`` separates synonyms of one class (first = name). ``clip`` picks
 the CLIP weights (OpenAI ``.pt`` file or Hugging Face folder; default ``$YW_CLIP``), ``embeddings`` a ``.npy``
@@ -214,7 +217,8 @@ def _align_text(rest: list[str]) -> dict:
     teacher = args.pop("teacher", None) or args.pop("clip", None)
     rep = align_text(student, teacher, texts=args.pop("texts", None), json_file=args.pop("json", None),
                      pairs=args.pop("pairs", None), out=args.pop("out", "text_projection.npz"), **args)
-    print(f"yw align-text: held-out cosine {rep['cosine']:.4f}, top-1 retrieval {rep['retrieval']:.3f} over "
+    what = "cosine" if args.get("check") else "held-out cosine"
+    print(f"yw align-text: {what} {rep['cosine']:.4f}, top-1 retrieval {rep['retrieval']:.3f} over "
           f"{rep['n_names']} names" + (f"; wrote {rep['out']}" if rep.get("out") else ""))
     return rep
 

@@ -91,6 +91,39 @@ def _require_image_read(source: Any, results: Any) -> Any:
     return checked()
 
 
+def _seg_task_map() -> dict[str, Any]:
+    """``task_map["segment"]``: yw_ext's seg model, trainer, validator and predictor (imported on use)."""
+    from yw_ext.engine.seg_predict import YWSegPredictor, YWSegValidator
+    from yw_ext.engine.seg_trainer import YWSegTrainer
+    from yw_ext.nn.seg import YWSegmentationModel
+
+    return {"model": YWSegmentationModel, "trainer": YWSegTrainer, "validator": YWSegValidator,
+            "predictor": YWSegPredictor}
+
+
+def _task_of(model: Any) -> str:
+    """``"segment"`` for a yw_ext seg network, else ``"detect"``."""
+    from yw_ext.nn.seg import YWSegmentationModel
+
+    return "segment" if isinstance(model, YWSegmentationModel) else "detect"
+
+
+def _seg_trainer(yolo: Any, trainer: Any) -> Any:
+    """The trainer for ``yolo``'s task: a seg model fine-tunes with ``YWSegTrainer``; ``seghead`` needs a seg model.
+
+    Raises:
+        ValueError: ``mode="seghead"`` on a detection model.
+    """
+    from yw_ext.engine.seg_trainer import YWSegHeadTrainer, YWSegTrainer
+
+    if isinstance(trainer, type) and issubclass(trainer, YWSegHeadTrainer) and yolo.task != "segment":
+        raise ValueError("mode='seghead' trains the mask branch of a YOLO-World-Seg model, but this is a detection "
+                         "model: call .to_seg() first (detector weights kept, mask branch new).")
+    if yolo.task == "segment" and trainer is YWTrainer:
+        return YWSegTrainer
+    return trainer
+
+
 class YOLOWorld(Model):
     """YOLO-World open-vocabulary detector on the Ultralytics engine.
 
@@ -124,15 +157,19 @@ class YOLOWorld(Model):
                 "trainer": YWTrainer,
                 "validator": YWValidator,
                 "predictor": YWPredictor,
-            }
+            },
+            "segment": _seg_task_map(),
         }
 
     def _new(self, cfg: str, task: str | None = None, verbose: bool = False) -> None:
         """Build a model with random weights from a YAML (scale and text width resolved by yw_ext)."""
+        from yw_ext.nn.seg import YWSegmentationModel, is_seg_cfg
+
         cfg_dict = load_model_cfg(cfg, scale=self._yw_scale, embed_dim=self._yw_embed_dim)
         self.cfg = cfg
-        self.task = "detect"
-        self.model = YWDetectionModel(cfg_dict, verbose=verbose and RANK == -1)
+        self.task = "segment" if is_seg_cfg(cfg_dict) else "detect"
+        net = YWSegmentationModel if self.task == "segment" else YWDetectionModel
+        self.model = net(cfg_dict, verbose=verbose and RANK == -1)
         self.overrides["model"] = self.cfg
         self.overrides["task"] = self.task
         self.model.args = {**DEFAULT_CFG_DICT, **self.overrides}
@@ -156,8 +193,11 @@ class YOLOWorld(Model):
             self.model.task = "detect"
         else:
             super()._load(weights, task="detect")
+        self.task = _task_of(self.model)
+        if isinstance(self.model, torch.nn.Module):
+            self.model.task = self.task
         self.overrides["model"] = weights
-        self.overrides["task"] = "detect"
+        self.overrides["task"] = self.task
         self.model_name = weights
 
     # ---------------------------------------------------------------- vocabulary
@@ -345,6 +385,60 @@ class YOLOWorld(Model):
         self.predictor = None
         return self
 
+    def to_seg(self, nm: int = 32, npr: int = 256) -> YOLOWorld:
+        """A YOLO-World-Seg model started from this detector: same network and weights plus a new mask branch.
+
+        Every detector tensor is copied (the seg head's box, embedding and contrastive branches are the detector's);
+        the prototype and mask-coefficient branches start from random weights. The vocabulary, text tower and image
+        adapter come along. Train it with ``mode="seghead"`` (mask branch only) or the default (all weights).
+
+        Args:
+            nm: Mask coefficients per anchor (= prototypes).
+            npr: Prototype hidden width (official: 256 at every scale).
+
+        Returns:
+            A new ``YOLOWorld`` (task ``"segment"``); this one is unchanged.
+
+        Raises:
+            ValueError: this model is already a seg model, or is re-parameterised (folded).
+
+        Examples:
+            >>> seg = YOLOWorld("yw-v2-n.yaml").to_seg()
+            >>> seg.task
+            'segment'
+        """
+        import tempfile
+        from copy import deepcopy
+
+        from yw_ext.nn.seg import SEG_KEY
+        from yw_ext.seam import YAML
+
+        check_is_pytorch_model(self)
+        if self.task == "segment":
+            raise ValueError("to_seg(): this model is already a YOLO-World-Seg model.")
+        if getattr(self.model, "folded", False):
+            raise ValueError("to_seg(): this model is re-parameterised (folded); start from the unfolded detector.")
+        det = self.model
+        d = {**deepcopy(det.yaml), SEG_KEY: [int(nm), int(npr)]}
+        d["nc"] = det.model[-1].cv3[0][0].conv.out_channels  # gives the built hidden width max(C0, min(nc, 100))
+        src = Path(str(d.get("yaml_file") or "yw-seg.yaml"))
+        with tempfile.TemporaryDirectory() as tmp:  # Ultralytics' Model builds from a YAML file name
+            path = Path(tmp) / f"{src.stem}-seg.yaml"
+            YAML.save(path, {k: v for k, v in d.items() if k != "yaml_file"})
+            seg = YOLOWorld(str(path), scale=d.get("scale"), embed_dim=int(det.embed_dim))
+        net = seg.model
+        net.yaml["yaml_file"] = str(src)
+        missing, unexpected = net.load_state_dict(det.state_dict(), strict=False)
+        new = [k for k in missing if not k.startswith(tuple(f"model.{len(net.model) - 1}.{b}." for b in ("proto", "cv5")))]
+        if new or unexpected:
+            raise RuntimeError(f"to_seg(): the detector's tensors do not fit the seg network: {(new + unexpected)[:5]}")
+        for k in ("text_encoder_state", "image_adapter_state"):
+            setattr(net, k, getattr(det, k, None))
+        if det.vocab is not None:
+            net.install_vocabulary(det.vocab)
+        seg.overrides["model"] = seg.cfg = seg.model_name = path.name
+        return seg
+
     @property
     def vocabulary(self) -> list[str]:
         """The current class names."""
@@ -472,6 +566,7 @@ class YOLOWorld(Model):
         if trainer is None and mode is None and kwargs.get("resume"):  # continue in the mode the run was started in
             mode = resume_mode(kwargs["resume"], self.ckpt)
         trainer = trainer or get_trainer(mode)
+        trainer = _seg_trainer(self, trainer)
         if getattr(trainer, "tunes_prompts", False):  # prompt / image_prompt: the detector stays this object, unchanged
             from yw_ext.engine.prompt_trainer import train_prompts
 

@@ -31,9 +31,11 @@ from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, get_split_fra
 from ultralytics.engine.exporter import Exporter, export_formats, try_export
 from ultralytics.engine.model import Model
 from ultralytics.models.yolo.detect import DetectionPredictor, DetectionTrainer, DetectionValidator
+from ultralytics.models.yolo.segment import SegmentationPredictor, SegmentationValidator
 from ultralytics.models.yolo.world.train import on_pretrain_routine_end as world_set_classes_callback
 from ultralytics.nn.modules import C2fAttn, ImagePoolingAttn, WorldDetect
 from ultralytics.nn.modules.block import BNContrastiveHead, Bottleneck, ContrastiveHead, MaxSigmoidAttnBlock
+from ultralytics.nn.modules.block import Proto
 from ultralytics.nn.modules.conv import Conv
 from ultralytics.nn.modules.head import Detect
 from ultralytics.nn.tasks import DetectionModel, WorldModel, load_checkpoint, yaml_model_load
@@ -57,6 +59,8 @@ from ultralytics.utils.downloads import GITHUB_ASSETS_REPO, attempt_download_ass
 from ultralytics.utils.export.engine import best_onnx_opset, modelopt_quantize_onnx, torch2onnx
 from ultralytics.utils.export.onnx import onnx_calibration_reader, onnx_int8_quantize
 from ultralytics.utils.torch_utils import ModelEMA, get_flops, select_device, unwrap_model
+from ultralytics.utils.loss import v8SegmentationLoss
+from ultralytics.utils.torch_utils import initialize_weights
 
 ULTRALYTICS_VERSION = ultralytics.__version__
 
@@ -155,7 +159,8 @@ def ddp_worker_file(trainer: Any) -> str:
     """``generate_ddp_file``: write the script a multi-GPU worker runs, as Ultralytics' DDP launch does.
 
     The worker rebuilds ``type(trainer)`` from ``vars(trainer.args)`` (plus, in the checked version, the pickled
-    ``trainer.model`` and callbacks) and calls ``train()``. Returns the script's path; ``ddp_worker_cleanup`` removes it.
+    ``trainer.model`` and callbacks) and calls ``train()``. Returns the script's path; ``ddp_worker_cleanup``
+    removes it.
 
     Examples:
         >>> file = ddp_worker_file(trainer)  # doctest: +SKIP

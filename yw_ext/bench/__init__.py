@@ -15,7 +15,11 @@ What is measured (one CSV row per measurement, see ``COLUMNS``):
     the baseline of the ONNX Runtime rows;
   * ``pt_eager``: the yw_ext model with its text path (unfolded), fused;
   * ``pt_folded``: the same after ``reparameterize()`` (RepVL-PAN folding), fused;
+  * ``pt_folded_max``: the same with the head reducing over classes (``score_mode = "max"``, as ``predict`` runs
+    it): ``(B, 6, A)`` best score and class per anchor;
   * ``ort_fixed``: ``YOLOWorld.export(format="onnx")`` (the folded graph) in ONNX Runtime;
+  * ``ort_max``: ``YOLOWorld.export(format="onnx", scores="max")`` (the graph reduces over classes; the runtime's
+    graph) in ONNX Runtime;
   * ``ort_dynvocab``: ``YOLOWorld.export(format="onnx", dynamic_vocab=True)`` fed the K embeddings as ``txt_feats``
     (one file per model size / image size / batch serves every K);
   * ``trt_fp16`` / ``trt_int8``: TensorRT engines from ``YOLOWorld.export(format="engine")`` when a CUDA GPU and the
@@ -57,6 +61,8 @@ Modules (one concept each; every name is re-exported here):
 - ``measure``: parity, interleaved timing, memory and K growth of a group; ``memory``: the peak-memory subprocess;
 - ``text_bench``: the text measurements; ``tiny_clip``: random-weight CLIPs (also the tests' tiny CLIP);
   ``data``: LVIS names, COCO128 subsets;
+- ``e2e`` (``e2e=True``, ``yw_ext.bench.e2e``): end-to-end ``predict`` throughput over COCO128 and its
+  pre-process / inference / post-process split, per backend against Ultralytics' predictors.
 - ``report``: Markdown tables and plots; ``suite``: ``run``; ``command``: ``benchmarks/run.py`` and ``yw bench``.
 
 Examples:
@@ -71,17 +77,19 @@ from yw_ext.bench.config import (
     COLUMNS,
     GEMM_N,
     QUICK,
+    REDUCED,
     SCALE_ORDER,
     WEIGHTS_NOTE,
     BenchConfig,
     quick_config,
 )
 from yw_ext.bench.data import link_coco128, lvis_names
+from yw_ext.bench.e2e import E2E_BACKENDS, E2E_BASELINE, run_e2e
 from yw_ext.bench.measure import measure_group
 from yw_ext.bench.memory import memory_child, memory_in_subprocess, proc_mb
 from yw_ext.bench.models import Group, Runner, randomize_
 from yw_ext.bench.records import append_csv_atomic, cpu_name, environment, write_atomic, write_csv_atomic
-from yw_ext.bench.report import format_table, plot_latency_vs_k, plot_latency_vs_size
+from yw_ext.bench.report import format_e2e_table, format_table, plot_e2e, plot_latency_vs_k, plot_latency_vs_size
 from yw_ext.bench.suite import run
 from yw_ext.bench.text_bench import bench_text, text_encoder
 from yw_ext.bench.timing import (
@@ -97,7 +105,8 @@ from yw_ext.bench.timing import (
 from yw_ext.bench.tiny_clip import random_clip, random_clip_state_dict, random_text_encoder, save_random_clip
 
 __all__ = [
-    "BACKENDS", "BASELINE", "COLUMNS", "GEMM_N", "QUICK", "SCALE_ORDER", "WEIGHTS_NOTE", "BenchConfig", "Group",
+    "BACKENDS", "BASELINE", "COLUMNS", "E2E_BACKENDS", "E2E_BASELINE", "GEMM_N", "REDUCED", "QUICK", "SCALE_ORDER",
+    "WEIGHTS_NOTE", "BenchConfig", "Group", "format_e2e_table", "plot_e2e", "run_e2e",
     "Runner", "append_csv_atomic", "bench_text", "cli", "config_from_args", "cpu_name", "environment",
     "format_table", "gemm_runners", "interleaved_rounds", "link_coco128", "lvis_names", "main", "measure_gemm",
     "measure_group", "memory_child", "memory_in_subprocess", "ort_session", "parse", "percentile",

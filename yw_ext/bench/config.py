@@ -17,11 +17,14 @@ import os
 from typing import Any
 
 WEIGHTS_NOTE = "random (latency does not depend on weight values)"
-BACKENDS = ("ultralytics", "pt_eager", "pt_folded", "ultralytics_onnx", "ort_fixed", "ort_dynvocab", "trt_fp16",
-            "trt_int8")  # fmt: skip
+BACKENDS = ("ultralytics", "pt_eager", "pt_folded", "pt_folded_max", "ultralytics_onnx", "ort_fixed", "ort_max",
+            "ort_dynvocab", "trt_fp16", "trt_int8")  # fmt: skip
 BASELINE = {"ultralytics": "ultralytics", "pt_eager": "ultralytics", "pt_folded": "ultralytics",
-            "ultralytics_onnx": "ultralytics", "ort_fixed": "ultralytics_onnx", "ort_dynvocab": "ultralytics_onnx",
-            "trt_fp16": "ultralytics", "trt_int8": "ultralytics"}  # fmt: skip
+            "pt_folded_max": "ultralytics", "ultralytics_onnx": "ultralytics", "ort_fixed": "ultralytics_onnx",
+            "ort_max": "ultralytics_onnx", "ort_dynvocab": "ultralytics_onnx", "trt_fp16": "ultralytics",
+            "trt_int8": "ultralytics"}  # fmt: skip
+REDUCED = ("pt_folded_max", "ort_max")
+"""Backends whose output is each anchor's best class only, ``(B, 6, A)`` (``scores="max"``, see ``yw_ext.nn.rep``)."""
 SCALE_ORDER = ("n", "s", "m", "l", "x", "xl")
 COLUMNS = (
     "date", "yw_ext", "torch", "ultralytics", "onnxruntime", "tensorrt", "device", "cpu", "threads", "weights",
@@ -182,5 +185,6 @@ def quick_config(**overrides: Any) -> BenchConfig:
     return BenchConfig(**{**QUICK, "quick": True, **overrides})
 
 
-__all__ = ["BACKENDS", "BASELINE", "COLUMNS", "GEMM_N", "QUICK", "SCALE_ORDER", "WEIGHTS_NOTE", "BenchConfig",
+__all__ = ["BACKENDS", "BASELINE", "COLUMNS", "REDUCED", "GEMM_N", "QUICK", "SCALE_ORDER", "WEIGHTS_NOTE",
+           "BenchConfig",
            "as_bool", "as_list", "quick_config"]  # fmt: skip

@@ -4,14 +4,16 @@
 Every backend predicts over the same images (COCO128's 128 images by default, streamed one at a time, batch 1,
 ``save=False``), interleaved round by round with its baseline, at each K:
 
-| backend | what runs | against |
-| --- | --- | --- |
-| ``ultralytics`` | ``ultralytics.YOLOWorld(<.pt>).predict(stream=True)`` | itself |
-| ``pt_eager`` | yw_ext ``YOLOWorld.predict`` (text path, unfolded) | ``ultralytics`` |
-| ``pt_folded`` | the same after ``reparameterize()`` (its head reduces over classes in ``predict``) | ``ultralytics`` |
-| ``ultralytics_onnx`` | Ultralytics' own ONNX export of that ``.pt``, predicted by ``ultralytics.YOLOWorld`` | ``ultralytics`` |
-| ``ort_autobackend`` | yw_ext's folded ONNX (``scores="full"``) predicted through Ultralytics' ``AutoBackend`` | ``ultralytics_onnx`` |
-| ``runtime`` | ``yw_ext.runtime.Detector`` on yw_ext's folded ONNX with ``scores="max"``, one image per call | ``ultralytics_onnx`` |
+- ``ultralytics``: ``ultralytics.YOLOWorld(<.pt>).predict(stream=True)``: the baseline;
+- ``pt_eager``: yw_ext ``YOLOWorld.predict`` (text path, unfolded), against ``ultralytics``;
+- ``pt_folded``: the same after ``reparameterize()`` (its head reduces over classes in ``predict``), against
+  ``ultralytics``;
+- ``ultralytics_onnx``: Ultralytics' own ONNX export of that ``.pt``, predicted by Ultralytics'
+  ``DetectionPredictor`` (as ``ultralytics.YOLO(file)``), against ``ultralytics``;
+- ``ort_autobackend``: yw_ext's folded ONNX (``scores="full"``) predicted through Ultralytics' ``AutoBackend``
+  (``yw_ext.YOLOWorld(file).predict``), against ``ultralytics_onnx``;
+- ``runtime``: ``yw_ext.runtime.Detector`` on yw_ext's folded ONNX with ``scores="max"``, one image per call,
+  against ``ultralytics_onnx``.
 
 A round's sample is the wall time of the whole pass over the images (images/s = images / time); the ratio is the
 median of per-round ratios. The split (ms per image) is Ultralytics' own ``Results.speed`` (pre-process, inference,
@@ -57,7 +59,7 @@ def e2e_images(cfg: BenchConfig) -> list[Path]:
 
 
 class _Split:
-    """Per-image pre-process / inference / post-process milliseconds collected over a pass."""
+    """Per-image pre-process / inference / post-process milliseconds over every pass (warm-up included; means)."""
 
     def __init__(self):
         self.pre, self.inf, self.post = [], [], []
@@ -67,7 +69,7 @@ class _Split:
         self.inf.append(inf)
         self.post.append(post)
 
-    def medians(self) -> dict[str, float]:
+    def means(self) -> dict[str, float]:
         return {k: statistics.mean(v) for k, v in (("pre", self.pre), ("inf", self.inf), ("post", self.post)) if v}
 
 
@@ -174,7 +176,7 @@ def _rows_of_k(cfg: BenchConfig, base: dict, k: int, samples: dict[str, list[flo
             continue
         per_img = [1000 * t / n_images for t in samples[b]]
         med = statistics.median(per_img)
-        sp = splits[b].medians()
+        sp = splits[b].means()
         row = {**base, "kind": "e2e", "K": k, "backend": b, "status": "ok", "baseline": E2E_BASELINE[b],
                "pairs": cfg.pairs, "reps": 1, "median_ms": rounded(med, 3), "p90_ms": rounded(max(per_img), 3),
                "throughput": rounded(1000 / med, 2), "throughput_unit": "images/s",

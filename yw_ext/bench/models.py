@@ -119,6 +119,20 @@ def trt_status(device: str) -> str | None:
     return None
 
 
+def _reduced(folded: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a folded model whose head outputs each anchor's best class only (``score_mode = "max"``).
+
+    It shares the weights of ``folded``; only the head object is new.
+    """
+    model = copy.copy(folded)
+    model._modules = dict(folded._modules)  # copy.copy shares the submodule dict: give the copy its own
+    model.model = torch.nn.Sequential(*folded.model)  # same layers (and their bookkeeping), a new last one
+    head = copy.copy(folded.model[-1])
+    head.score_mode, head.score_groups = "max", int(getattr(folded, "prompts_per_class", 1) or 1)
+    model.model[-1] = head
+    return model
+
+
 @dataclasses.dataclass
 class Runner:
     """One timed variant: its call, a call returning its output, FLOPs and what the memory child needs.
@@ -272,11 +286,15 @@ class Group:
             self._attempt("ultralytics", k, lambda: self._torch_runner(m.ul_fused, m.gf_text, "ultralytics", k))
             self._attempt("pt_eager", k, lambda: self._torch_runner(m.eager, m.gf_text, "pt_eager", k))
             self._attempt("pt_folded", k, lambda: self._torch_runner(m.folded, m.gf_folded, "pt_folded", k))
+            self._attempt("pt_folded_max", k, lambda: self._torch_runner(_reduced(m.folded), m.gf_folded,
+                                                                         "pt_folded_max", k))
             feeds = {"images": self.xn}
             self._attempt("ultralytics_onnx", k, lambda: self._onnx_runner(
                 str(Path(m.ultralytics.export(format="onnx", **ekw)).resolve()), m.gf_text, feeds, k))
             self._attempt("ort_fixed", k, lambda: self._onnx_runner(
                 m.ours.export(format="onnx", out=d / "yw_fixed.onnx", **ekw), m.gf_folded, feeds, k))
+            self._attempt("ort_max", k, lambda: self._onnx_runner(
+                m.ours.export(format="onnx", scores="max", out=d / "yw_max.onnx", **ekw), m.gf_folded, feeds, k))
             if "ort_dynvocab" in cfg.backends:
                 self._attempt("ort_dynvocab", k, lambda: self._dyn_runner(m.ours, emb, m.gf_text, k, ekw))
             self._trt(m.ours, m.gf_folded, k, d, ekw)

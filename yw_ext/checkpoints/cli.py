@@ -57,9 +57,10 @@ def convert_cli(args: dict[str, Any]) -> Path:
 
     Args:
         args: ``src`` (also ``source`` / ``model``): the official ``.pth``; ``out`` (also ``output`` / ``dst``):
-            the ``.pt`` or ``.safetensors`` to write (default: ``src`` with a ``.pt`` suffix); ``names``: vocabulary as a comma list or a
-            ``.txt`` / ``.json`` file (default: the checkpoint's classes, else COCO's 80); ``text``: keep the text
-            tower (default True); ``text_heads``: attention heads of the text tower (default ``width // 64``).
+            the ``.pt`` or ``.safetensors`` to write (default: ``src`` with a ``.pt`` suffix); ``names``: vocabulary
+            as a comma list or a ``.txt`` / ``.json`` file (default: the checkpoint's classes, else COCO's 80);
+            ``text``: keep the text tower (default True); ``text_heads``: attention heads of the text tower (default
+            ``width // 64``).
 
     Returns:
         The written path.

@@ -2,10 +2,11 @@
 """Official YOLO-World (MMYOLO) ``.pth`` checkpoints -> ``YWDetectionModel``: read, convert, load.
 
 ``{'meta': ..., 'state_dict': ...}`` files are read without running code (tensors-only unpickling, else a restricted
-unpickler that leaves other objects as inert placeholders; after checking the SHA-256 prefix in an official file name), their architecture is detected (``yw_ext.checkpoints.layout``), every
-detector tensor is copied through the explicit key map (``yw_ext.checkpoints.keymaps`` / ``statemap``), the embedded
-CLIP text tower is kept (``yw_ext.checkpoints.text_tower``), and a vocabulary is installed so the model predicts at
-once. Re-parameterised files go to ``yw_ext.checkpoints.folded``.
+unpickler that leaves other objects as inert placeholders; after checking the SHA-256 prefix in an official file
+name), their architecture is detected (``yw_ext.checkpoints.layout``), every detector tensor is copied through the
+explicit key map (``yw_ext.checkpoints.keymaps`` / ``statemap``), the embedded CLIP text tower is kept
+(``yw_ext.checkpoints.text_tower``), and a vocabulary is installed so the model predicts at once. Re-parameterised
+files go to ``yw_ext.checkpoints.folded``.
 
 Examples:
     >>> model, ckpt = load_official("l_stage2-b3e3dc3f.pth")  # doctest: +SKIP

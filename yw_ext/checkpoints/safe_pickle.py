@@ -176,6 +176,7 @@ def _allowed() -> dict[tuple[str, str], Any]:
         ("builtins", "slice"): slice, ("builtins", "bytearray"): bytearray,
         ("_codecs", "encode"): _latin1_encode,
         ("torch", "Size"): torch.Size, ("torch", "device"): _torch_device,
+        ("torch", "UntypedStorage"): torch.UntypedStorage, ("torch.storage", "UntypedStorage"): torch.UntypedStorage,
         ("torch._utils", "_rebuild_tensor"): u._rebuild_tensor,
         ("torch._utils", "_rebuild_tensor_v2"): _no_hooks(u._rebuild_tensor_v2, 5),
         ("torch._utils", "_rebuild_parameter"): _no_hooks(u._rebuild_parameter, 2),
@@ -239,7 +240,7 @@ restricted_pickle = types.SimpleNamespace(Unpickler=RestrictedUnpickler, load=_l
 
 
 def safe_torch_load(path: str | os.PathLike) -> Any:
-    """``torch.load`` of ``path`` (CPU) with the restricted unpickler: tensors and plain data, placeholders for the rest.
+    """``torch.load`` of ``path`` (CPU) with the restricted unpickler: tensors and data, placeholders for the rest.
 
     Args:
         path: A ``torch.save`` file (zip or legacy format).

@@ -88,7 +88,8 @@ def _plain_args(args: Any) -> dict[str, Any]:
     """The model's (Ultralytics) arguments that are plain JSON values."""
     if not isinstance(args, dict):
         return {}
-    return {k: v for k, v in args.items() if isinstance(k, str) and (v is None or isinstance(v, (bool, int, float, str)))}
+    plain = (bool, int, float, str)
+    return {k: v for k, v in args.items() if isinstance(k, str) and (v is None or isinstance(v, plain))}
 
 
 def _folded_info(model: YWDetectionModel) -> dict[str, Any]:

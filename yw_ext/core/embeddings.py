@@ -24,6 +24,8 @@ def read_embedding_file(path: str | os.PathLike) -> np.ndarray:
     Raises:
         TypeError: not a ``.npy`` path.
         FileNotFoundError: the file does not exist.
+        ValueError: the file is not a plain numeric ``.npy`` array (pickled objects are never loaded), or is
+            truncated or corrupt; the message names the file.
 
     Examples:
         >>> read_embedding_file("vocab.txt")
@@ -36,7 +38,13 @@ def read_embedding_file(path: str | os.PathLike) -> np.ndarray:
         raise TypeError(f"embeddings file must be a .npy array, got '{path}'.")
     if not path.is_file():
         raise FileNotFoundError(f"embeddings file '{path}' does not exist.")
-    return np.load(path, allow_pickle=False)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # object arrays (pickle), truncated or malformed headers
+        raise ValueError(
+            f"embeddings file '{path}' is not a plain numeric .npy array (pickled objects are never loaded; "
+            f"or the file is truncated or corrupt): {e}"
+        ) from e
 
 
 def check_width(width: int, dim: int | None) -> None:

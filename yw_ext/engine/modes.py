@@ -197,3 +197,8 @@ register_mode(
     description="re-parameterised fine-tuning: vocabulary folded into the neck and head, all weights train",
     unavailable=_why,
 )
+register_mode(
+    "seghead",
+    "yw_ext.engine.seg_trainer:YWSegHeadTrainer",
+    description="YOLO-World-Seg: only the mask branch trains, the detector stays bitwise unchanged",
+)

@@ -136,7 +136,7 @@ class YWValidator(DetectionValidator):
         except (ValueError, NotImplementedError, TypeError, RuntimeError) as e:  # v1 models, an already fused head
             LOGGER.info(f"yw_ext: validating the unfolded model ({e})")
             return model
-        LOGGER.info(f"yw_ext: vocabulary of {len(model.names)} classes folded into a copy of the network for validation")
+        LOGGER.info(f"yw_ext: validating a copy of the network with its {len(model.names)}-class vocabulary folded in")
         return folded
 
     # ------------------------------------------------------------------------------------------------- LVIS
@@ -204,7 +204,8 @@ class YWValidator(DetectionValidator):
         image_ids = [self.lvis["ids"][Path(f).name] for f in files if Path(f).name in self.lvis["ids"]]
         dets = np.concatenate(self.lvis_dets) if self.lvis_dets else np.zeros((0, 7))
         dets[:, 2:6] = np.round(dets[:, 2:6], 3)  # as written to the JSON: the file re-evaluates to the same numbers
-        LOGGER.info(f"\nEvaluating LVIS {'fixed ' if self.fixed_ap else ''}AP with the LVIS API ({self.lvis['json']})...")
+        kind = "fixed AP" if self.fixed_ap else "AP"
+        LOGGER.info(f"\nEvaluating LVIS {kind} with the LVIS API ({self.lvis['json']})...")
         result = evaluate_lvis(self.lvis["gt"], dets, image_ids=image_ids, fixed=bool(self.fixed_ap),
                                max_per_class=self.max_per_class)  # fmt: skip
         ips = len(files) / seconds if seconds > 0 else None

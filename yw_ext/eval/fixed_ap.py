@@ -34,6 +34,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -135,6 +136,18 @@ def numpy_float_alias() -> Iterator[None]:
             del np.float  # type: ignore[attr-defined]
 
 
+@contextlib.contextmanager
+def _quiet_lvis() -> Iterator[None]:
+    """Only errors from the ``lvis`` loggers (it warns "Assuming user provided the results in correct format")."""
+    log = logging.getLogger("lvis")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def lvis_api(gt: dict) -> Any:
     """An ``lvis.LVIS`` index over an already loaded (and checked) annotation dict, without reading the file again.
 
@@ -142,7 +155,7 @@ def lvis_api(gt: dict) -> Any:
     """
     LVIS, _, _ = require_lvis()
     api = LVIS.__new__(LVIS)
-    api.logger = __import__("logging").getLogger("lvis.lvis")
+    api.logger = logging.getLogger("lvis.lvis")
     api.dataset = gt
     api._create_index()
     return api
@@ -216,9 +229,9 @@ def evaluate_lvis(
     dets = cap_detections(dets, max_per_class=max_per_class, max_per_image=max_per_image)
     api = lvis_api(gt)
     if len(dets):
-        evaluator = LVISEval(api, LVISResults(api, to_results(dets), max_dets=-1), iou_type="bbox")
-        evaluator.params.img_ids = ids
-        with numpy_float_alias():
+        with numpy_float_alias(), _quiet_lvis():
+            evaluator = LVISEval(api, LVISResults(api, to_results(dets), max_dets=-1), iou_type="bbox")
+            evaluator.params.img_ids = ids
             evaluator.run()
         metrics = {k: float(v) for k, v in evaluator.get_results().items() if k in METRIC_KEYS}
         metrics["AR"] = float(evaluator.results[f"AR@{evaluator.params.max_dets}"])

@@ -261,7 +261,9 @@ def _main(argv: list[str] | None = None) -> Any:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) not in (2, 3):
         raise SystemExit("usage: python -m yw_ext.eval.lvis_data lvis_v1_minival.json datasets/lvis [minival]")
-    return convert_lvis_json(*args)
+    out = convert_lvis_json(*args)
+    print(f"wrote YOLO labels under {Path(args[1]) / 'labels'} and the image list {out}")
+    return out
 
 
 if __name__ == "__main__":

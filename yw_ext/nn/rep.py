@@ -22,6 +22,11 @@ exporter treats the head as any detector's, and the ONNX graph is convolutions o
 The head outputs all ``P = K * G`` prompt scores; ``YWDetectionModel.predict`` still reduces them to ``K`` classes
 with the max over each class's ``G`` synonyms.
 
+``RepWorldDetect.score_mode = "max"`` (set by ``YWPredictor`` for the duration of ``predict``, and by the exporter for
+``scores="max"`` graphs) reduces over the prompts inside the head instead: each anchor's best logit and its prompt,
+one sigmoid per anchor (``reduce_scores``), output ``(B, 6, A)`` ``[box, score, class = prompt // score_groups]``:
+what Ultralytics' best-class NMS (``multi_label=False``) keeps from the full output, without writing ``(B, P, A)``.
+
 YOLO-World v1 (``ImagePoolingAttn``) rewrites the text with pooled image features before the bottom-up ``C2fAttn``
 layers, so those layers' guides depend on the image and cannot be folded. ``reparameterize`` refuses v1 models
 unless ``partial_v1=True``, which folds exactly what is image-independent (the head, which always sees the original
@@ -783,7 +788,8 @@ def reparameterize(model: nn.Module, partial_v1: bool = False, chunk: int = DEFA
             original = False
         elif isinstance(m, C2fAttn) and original:
             layers[idx] = RepC2fAttn.from_c2fattn(m, text, chunk=chunk)
-    layers[-1] = RepWorldDetect.from_world_detect(layers[-1], text)
+    head = layers[-1]  # a head with its own fold (yw_ext.nn.seg.WorldSegment) folds itself
+    layers[-1] = head.fold(text) if hasattr(head, "fold") else RepWorldDetect.from_world_detect(head, text)
     model.folded = True
 
 

@@ -134,8 +134,10 @@ def preprocess(images: Sequence[np.ndarray]) -> np.ndarray:
         >>> preprocess([np.zeros((64, 96, 3), np.uint8)]).shape
         (1, 3, 64, 96)
     """
-    x = np.stack(images)[..., ::-1].transpose(0, 3, 1, 2)  # (B, 3, H, W) RGB
-    return np.ascontiguousarray(x, dtype=np.float32) / 255.0
+    x = np.stack(images)[..., ::-1].transpose(0, 3, 1, 2)  # (B, 3, H, W) RGB, a strided view
+    out = np.empty(x.shape, np.float32)
+    np.divide(x, np.float32(255.0), out=out, dtype=np.float32)  # one pass: cast, reorder and scale (float32 math)
+    return out
 
 
 def xywh2xyxy(x: np.ndarray) -> np.ndarray:
@@ -147,35 +149,57 @@ def xywh2xyxy(x: np.ndarray) -> np.ndarray:
     return y
 
 
-def nms_indices(boxes: np.ndarray, scores: np.ndarray, iou_thres: float) -> np.ndarray:
+NMS_BLOCK = 256
+"""Boxes whose IoUs with every remaining box ``nms_indices`` computes in one vectorised step."""
+
+
+def nms_indices(
+    boxes: np.ndarray, scores: np.ndarray, iou_thres: float, max_keep: int | None = None
+) -> np.ndarray:
     """Greedy NMS as ``torchvision.ops.nms``: indices kept, by decreasing score; IoU ``> iou_thres`` suppresses.
+
+    Boxes are taken in blocks of ``NMS_BLOCK`` (by decreasing score): the IoUs of a block with every box after its
+    start that is still alive are one vectorised computation, and the greedy pass over the block only ORs rows of
+    that matrix into the suppression mask. A Python step per kept box, not a re-filtered copy of all remaining boxes
+    per kept box; the same boxes as the one-at-a-time greedy loop.
 
     Args:
         boxes: ``(N, 4)`` xyxy, float32.
         scores: ``(N,)``.
         iou_thres: IoU threshold.
+        max_keep: Stop after this many kept boxes (the first ``max_keep`` of the full result).
 
     Examples:
         >>> b = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], np.float32)
         >>> nms_indices(b, np.array([0.9, 0.8, 0.7], np.float32), 0.5).tolist()
         [0, 2]
     """
-    boxes = boxes.astype(np.float32, copy=False)
     order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    b = boxes.astype(np.float32, copy=False)[order]  # (N, 4) by decreasing score
+    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, i]) for i in range(4))
     areas = (x2 - x1) * (y2 - y1)
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        w = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0)
-        h = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0)
+    n = len(order)
+    dead = np.zeros(n, dtype=bool)
+    keep: list[int] = []
+    for s in range(0, n, NMS_BLOCK):
+        e = min(n, s + NMS_BLOCK)
+        alive = s + np.flatnonzero(~dead[s:])  # (M,) boxes not yet suppressed, from the block's start on
+        if not alive.size or alive[0] >= e:
+            continue
+        blk = alive[alive < e]  # (m,)
+        w = np.maximum(np.minimum(x2[blk, None], x2[alive]) - np.maximum(x1[blk, None], x1[alive]), 0)  # (m, M)
+        h = np.maximum(np.minimum(y2[blk, None], y2[alive]) - np.maximum(y1[blk, None], y1[alive]), 0)
         inter = w * h
         with np.errstate(invalid="ignore", divide="ignore"):
-            iou = inter / (areas[i] + areas[rest] - inter)
-        order = rest[~(iou > iou_thres)]
-    return np.asarray(keep, dtype=np.int64)
+            over = inter / (areas[blk, None] + areas[alive] - inter) > iou_thres  # (m, M); NaN IoU never suppresses
+        for r, i in enumerate(blk):
+            if dead[i]:
+                continue
+            keep.append(i)
+            if max_keep is not None and len(keep) >= max_keep:
+                return order[np.asarray(keep, dtype=np.int64)]
+            dead[alive[over[r]]] = True  # suppressed by i (i itself too: it is decided already)
+    return order[np.asarray(keep, dtype=np.int64)]
 
 
 def non_max_suppression(
@@ -258,7 +282,7 @@ def _best_class_nms(xywh: np.ndarray, conf: np.ndarray, j: np.ndarray, conf_thre
     if not conf.size:
         return np.zeros((0, 6), np.float32)
     off = (j.astype(np.float32) * (0 if agnostic else max_wh))[:, None]
-    i = nms_indices(box + off, conf, iou_thres)[:max_det]
+    i = nms_indices(box + off, conf, iou_thres, max_keep=max_det)
     return np.concatenate((box[i], conf[i, None], j[i, None].astype(np.float32)), 1).astype(np.float32)
 
 

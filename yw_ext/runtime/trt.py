@@ -114,7 +114,7 @@ class TRTBackend:
         self.metadata, blob = read_engine_file(path)
         self.dtypes = torch_dtypes(trt, torch)
         with self._on_device():  # TensorRT deserialises onto the current CUDA device
-            self._load(blob)
+            self._deserialise(blob)
         self.inputs: dict[str, list] = {}
         self.outputs: list[str] = []
         self.profile: dict[str, tuple] = {}
@@ -137,12 +137,12 @@ class TRTBackend:
         """Context manager making ``self.device`` the current CUDA device."""
         return self.torch.cuda.device(self.device)
 
-    def _load(self, blob: bytes) -> None:
+    def _deserialise(self, blob: bytes) -> None:
         """Deserialise ``blob`` (the runtime is kept: the engine must not outlive it) and create a context."""
         trt = self.trt
-        logger = trt.Logger(trt.Logger.WARNING)
-        trt.init_libnvinfer_plugins(logger, "")
-        self.runtime = trt.Runtime(logger)
+        self.logger = trt.Logger(trt.Logger.WARNING)  # kept with the runtime (TensorRT holds a pointer to it)
+        trt.init_libnvinfer_plugins(self.logger, "")
+        self.runtime = trt.Runtime(self.logger)
         why = (f"could not deserialise {self.path} ({len(blob)} engine bytes): the file is truncated or corrupt, or "
                f"was built by another TensorRT version (this is {getattr(trt, '__version__', '?')}) or for another "
                "GPU; export it again on this machine.")
@@ -187,7 +187,8 @@ class TRTBackend:
         GPU): what latency comparisons between engines time.
 
         Examples:
-            >>> run = TRTBackend("m.engine").prepared({"images": np.zeros((1, 3, 640, 640), np.float32)})  # doctest: +SKIP
+            >>> x = np.zeros((1, 3, 640, 640), np.float32)
+            >>> run = TRTBackend("m.engine").prepared({"images": x})  # doctest: +SKIP
             >>> run()  # doctest: +SKIP
         """
         with self._on_device():

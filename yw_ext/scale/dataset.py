@@ -148,7 +148,8 @@ def detect_dataset(source: Any, model: str | os.PathLike, out: str | os.PathLike
         progress: Show a progress bar.
 
     Returns:
-        ``{"out", "images", "partitions", "computed", "skipped", "detections", "errors", "seconds", "names"}``;
+        ``{"out", "images", "partitions", "computed", "skipped", "detections", "errors", "seconds",
+        "worker_seconds" (summed over the computed partitions), "names"}``;
         partitions already in ``out`` (same job) are skipped, so a rerun finishes an interrupted job.
 
     Raises:
@@ -190,7 +191,8 @@ def detect_dataset(source: Any, model: str | os.PathLike, out: str | os.PathLike
             stats = _run(client, parts, todo, out, spec, payload(vocab), opts, progress)
     summary = {"out": str(out), "images": len(paths), "partitions": len(parts), "computed": len(todo),
                "skipped": len(parts) - len(todo), "detections": sum(s["detections"] for s in stats),
-               "errors": sum(s["errors"] for s in stats), "seconds": time.perf_counter() - t0, "names": det.vocabulary}
+               "errors": sum(s["errors"] for s in stats), "seconds": time.perf_counter() - t0,
+               "worker_seconds": sum(s["seconds"] for s in stats), "names": det.vocabulary}
     LOGGER.info(f"yw label: {summary['images']} images, {summary['computed']} partitions computed, "
                 f"{summary['skipped']} skipped, results in {out}")
     return summary

@@ -9,5 +9,7 @@ Examples:
 
 from yw_ext.text.cache import EmbeddingCache, encode_texts
 from yw_ext.text.clip import CLIPTextEncoder, load_clip
+from yw_ext.text.encoders import TextEncoder, detect_format, load_text_encoder
 
-__all__ = ("CLIPTextEncoder", "load_clip", "EmbeddingCache", "encode_texts")
+__all__ = ("CLIPTextEncoder", "load_clip", "EmbeddingCache", "encode_texts", "TextEncoder", "detect_format",
+           "load_text_encoder")

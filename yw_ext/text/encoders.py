@@ -124,7 +124,12 @@ def _is_projection(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class EncoderFormat:
-    """One registry entry: ``detect(path) -> bool`` and ``loader`` (``"module:function"``, called with the path)."""
+    """One registry entry: ``detect(path) -> bool`` and ``loader`` (``"module:function"``, called with the path).
+
+    Examples:
+        >>> ENCODER_FORMATS["m-clip"].loader
+        'yw_ext.text.mclip:load_mclip'
+    """
 
     name: str
     detect: Callable[[Path], bool]
@@ -139,7 +144,8 @@ def register_format(name: str, detect: Callable[[Path], bool], loader: str, desc
     """Add (or replace) a text-encoder format; formats are tried in registration order.
 
     Examples:
-        >>> register_format("my-enc", lambda p: (p / "my.json").is_file(), "my_pkg.enc:load", "my encoder")
+        >>> is_mine = lambda p: (p / "my.json").is_file()
+        >>> register_format("my-enc", is_mine, "my_pkg.enc:load", "my encoder")  # doctest: +SKIP
     """
     ENCODER_FORMATS[name] = EncoderFormat(name, detect, loader, description)
 
@@ -227,6 +233,9 @@ def load_text_encoder(source: Any, device: Any = "cpu") -> Any:
     fmt = ENCODER_FORMATS[detect_format(path)]
     if fmt.loader == "yw_ext.text.clip:load_clip":
         return load_clip(path, device=device)  # load_clip keeps its own cache
+    if fmt.name == "projection":  # cheap; its student (a folder) is cached, and re-checked against the file each time
+        enc = _call_loader(fmt, path)
+        return enc.to(device) if str(device) != "cpu" else enc
     path = path.resolve()
     key = (str(path), _signature(path), str(device))
     with _LOCK:
@@ -256,9 +265,14 @@ def describe(encoder: Any) -> str:
 
 
 def formats() -> Sequence[str]:
-    """Registered format names, in detection order."""
+    """Registered format names, in detection order.
+
+    Examples:
+        >>> "sentence-transformers" in formats()
+        True
+    """
     return tuple(ENCODER_FORMATS)
 
 
-__all__ = ["ENCODER_FORMATS", "ENV_TEXT_ENCODER", "EncoderFormat", "TextEncoder", "check_texts", "describe", "is_encoder",
-           "detect_format", "formats", "load_text_encoder", "register_format"]
+__all__ = ["ENCODER_FORMATS", "ENV_TEXT_ENCODER", "EncoderFormat", "TextEncoder", "check_texts", "describe",
+           "is_encoder", "detect_format", "formats", "load_text_encoder", "register_format"]

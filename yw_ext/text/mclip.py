@@ -37,7 +37,12 @@ MODEL_TYPE = "M-CLIP"
 
 
 def is_mclip_config(config: Any) -> bool:
-    """Whether a parsed ``config.json`` describes an M-CLIP model."""
+    """Whether a parsed ``config.json`` describes an M-CLIP model.
+
+    Examples:
+        >>> is_mclip_config({"model_type": "M-CLIP"}), is_mclip_config({"model_type": "bert"})
+        (True, False)
+    """
     if not isinstance(config, dict):
         return False
     return str(config.get("model_type", "")).lower() == MODEL_TYPE.lower() or \

@@ -183,7 +183,7 @@ class TransformerTextEncoder:
         if not texts:
             return torch.zeros((0, self.dim), device=self.device)
         out = []
-        with torch.inference_mode():
+        with torch.no_grad():  # ordinary tensors (usable later with autograd), unlike inference_mode
             for i in range(0, len(texts), batch):
                 t = self.tokenize(texts[i: i + batch])
                 out.append(self.graph(t["input_ids"].to(self.device), t["attention_mask"].to(self.device)))
@@ -207,14 +207,19 @@ class TransformerTextEncoder:
                 "pad_id": int(self.tokenizer.pad_token_id or 0)}
 
     def __repr__(self) -> str:
-        return f"TransformerTextEncoder({self.kind}, identity={self.identity!r}, dim={self.dim}, source={self.source!r})"
+        return (f"TransformerTextEncoder({self.kind}, identity={self.identity!r}, dim={self.dim}, "
+                f"source={self.source!r})")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Folder readers
 # ----------------------------------------------------------------------------------------------------------------------
 def read_json(path: Path, what: str) -> dict:
-    """A JSON object from ``path``; ValueError naming the file when it is not one."""
+    """A JSON object from ``path``; ValueError naming the file when it is not one.
+
+    Examples:
+        >>> read_json(Path("st-folder/modules.json"), "modules.json")  # doctest: +SKIP
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -225,7 +230,12 @@ def read_json(path: Path, what: str) -> dict:
 
 
 def read_tensors(folder: Path, what: str) -> dict[str, torch.Tensor]:
-    """The tensors of ``model.safetensors`` or ``pytorch_model.bin`` in ``folder`` (no pickled code)."""
+    """The tensors of ``model.safetensors`` or ``pytorch_model.bin`` in ``folder`` (no pickled code).
+
+    Examples:
+        >>> sorted(read_tensors(Path("st-folder/2_Dense"), "Dense layer"))  # doctest: +SKIP
+        ['linear.bias', 'linear.weight']
+    """
     st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
     if st.is_file():
         from safetensors.torch import load_file
@@ -242,6 +252,10 @@ def load_transformer(folder: Path, config: Any = None, state_dict: dict | None =
     Eager attention keeps encoding and the exported ONNX graph the same computation (differences to SDPA are
     ~1e-7). Buffers such as ``position_ids`` may be absent from ``state_dict``; any other missing or unexpected
     tensor is an error naming it.
+
+    Examples:
+        >>> load_transformer(Path("st-folder")).config.model_type  # doctest: +SKIP
+        'bert'
     """
     from transformers import AutoModel
 
@@ -259,7 +273,11 @@ def load_transformer(folder: Path, config: Any = None, state_dict: dict | None =
 
 
 def load_tokenizer(folder: Path) -> Any:
-    """The folder's fast tokenizer (``transformers.AutoTokenizer``, local files only)."""
+    """The folder's fast tokenizer (``transformers.AutoTokenizer``, local files only).
+
+    Examples:
+        >>> load_tokenizer(Path("st-folder"))("a dog")["input_ids"]  # doctest: +SKIP
+    """
     from transformers import AutoTokenizer
 
     try:
@@ -270,12 +288,22 @@ def load_tokenizer(folder: Path) -> Any:
 
 
 def tokenizer_files(folder: Path) -> list[Path]:
-    """The tokenizer files of ``folder`` that exist (part of the encoder identity)."""
+    """The tokenizer files of ``folder`` that exist (part of the encoder identity).
+
+    Examples:
+        >>> [p.name for p in tokenizer_files(Path("st-folder"))]  # doctest: +SKIP
+        ['tokenizer.json', 'tokenizer_config.json', 'vocab.txt']
+    """
     return [folder / n for n in _TOKENIZER_FILES if (folder / n).is_file()]
 
 
 def max_length_of(tokenizer: Any, config: Any, requested: Any = None) -> int:
-    """Tokens per text: ``requested`` (``max_seq_length``), else the tokenizer's limit, capped by the positions."""
+    """Tokens per text: ``requested`` (``max_seq_length``), else the tokenizer's limit, capped by the positions.
+
+    Examples:
+        >>> max_length_of(tok, bert_config, 128)  # doctest: +SKIP
+        128
+    """
     limit = int(getattr(config, "max_position_embeddings", 512) or 512)
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         limit -= 2  # positions start after the padding index
