@@ -14,7 +14,7 @@ Variants, interleaved round by round (``interleaved_rounds``: A B C, then C B A,
 Every variant uses the same random-weight ONNX export (run-time vocabulary, dynamic batch) and the same 3-class
 vocabulary (shipped as embeddings). Throughput is images/s; the ratio is the median of pairwise ratios to
 ``predict_loop`` (target >= 0.9). The 1-minute load average before and after is recorded: other processes on a shared
-machine change the figures. Results: ``benchmarks/results/label.csv`` (atomic).
+machine change the figures. Results are appended to ``benchmarks/results/label.csv`` (atomically).
 
 Examples:
     python benchmarks/bench_label.py
@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from common import COCO128, RESULTS, environment, interleaved_rounds, randomize_, ratio_stats, write_csv_atomic
+from common import COCO128, RESULTS, append_csv_atomic, environment, interleaved_rounds, randomize_, ratio_stats
 
 COLUMNS = ("date", "yw_ext", "onnxruntime", "dask", "cpu", "threads", "weights", "scale", "imgsz", "images",
            "variant", "rounds", "median_s", "images_per_s", "ratio_vs_loop", "ratio_min", "ratio_max",
@@ -96,7 +96,7 @@ def main(args: argparse.Namespace) -> list[dict]:
                      "note": "shared machine: other processes ran during the measurement"})
         print(f"{name:13s} {rows[-1]['images_per_s']:7.2f} img/s  ratio vs loop {r['median']:.3f} "
               f"({r['min']:.3f}..{r['max']:.3f})")
-    out = write_csv_atomic(RESULTS / args.out, rows, columns=COLUMNS)
+    out = append_csv_atomic(RESULTS / args.out, rows, columns=COLUMNS)
     print(f"load average (1 min) {load_before:.2f} -> {load_after:.2f}; wrote {out}")
     return rows
 

@@ -3,7 +3,6 @@ single-process ``YOLOWorld.predict``; resume rewrites only missing partitions; s
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,6 +25,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 VOCABS = ["person,bus", "person,car|automobile,dog", "tie,handbag,backpack,umbrella"]  # P = 2, 6, 4 prompts
+_DETECTORS: dict = {}  # reference detectors, one per vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,11 @@ def _reference(files, vocab: str, image: str, conf: float) -> np.ndarray:
     from yw_ext.cli import parse_classes_arg
     from yw_ext.runtime import Detector
 
-    det = Detector(files["model"], text_encoder=files["encoder"], threads=1).set_classes(parse_classes_arg(vocab))
+    key = (files["model"], vocab)
+    if key not in _DETECTORS:
+        _DETECTORS[key] = Detector(files["model"], text_encoder=files["encoder"], threads=1)
+        _DETECTORS[key].set_classes(parse_classes_arg(vocab))
+    det = _DETECTORS[key]
     d = det.predict(files["images"][image], conf=conf)[0]
     return np.c_[d.boxes, d.scores, d.class_ids]
 
@@ -102,7 +106,8 @@ def _bad_requests(files) -> list[tuple[str, dict]]:
     huge = cv2.imencode(".png", np.zeros((2000, 2000, 3), np.uint8))[1].tobytes()  # 4 Mpx > max_pixels
     img = base64.b64encode(files["bytes"]["bus"]).decode()
     return [
-        ("not an image", {"files": {"image": ("x.jpg", b"not an image at all", "image/jpeg")}, "data": {"classes": "a"}}),
+        ("not an image", {"files": {"image": ("x.jpg", b"not an image at all", "image/jpeg")},
+                          "data": {"classes": "a"}}),
         ("not an image", {"json": {"image": base64.b64encode(b"\x00" * 100).decode(), "classes": "a"}}),
         ("empty classes", {"files": {"image": ("b.jpg", files["bytes"]["bus"], "image/jpeg")},
                            "data": {"classes": " "}}),

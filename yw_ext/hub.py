@@ -583,22 +583,43 @@ def _lock_file(fh, blocking: bool) -> bool:
 
 @contextlib.contextmanager
 def _download_lock(dest: Path) -> Iterator[None]:
-    """Hold ``.<dest.name>.lock`` in ``dest``'s folder; a folder that cannot hold one (read-only, no locking) is used
-    without a lock, and the download reports any real problem with the folder."""
+    """Hold ``.<dest.name>.lock`` in ``dest``'s folder, removed again on release (so a finished download leaves only
+    ``dest``). A lock taken on a file that its holder has meanwhile removed is dropped and taken again on the new
+    one. A folder that cannot hold a lock (read-only, no locking) is used without one; the download then reports any
+    real problem with the folder."""
+    path = dest.parent / f".{dest.name}.lock"
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(dest.parent / f".{dest.name}.lock", "a+b")
-    except OSError:
+        fh = _acquire(path, dest)
+    except OSError as e:  # e.g. a read-only folder or a file system without locks: go on unlocked
+        LOGGER.debug(f"no download lock for {dest}: {e}")
         yield
         return
-    with fh:
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # before the release: a waiter that gets this file's lock sees it is gone and retries
+        fh.close()  # releases the lock
+
+
+def _acquire(path: Path, dest: Path):
+    """Open and lock ``path``, waiting for another holder; retried while the locked file is not the one at ``path``."""
+    waited = False
+    while True:
+        fh = open(path, "a+b")
         try:
             if not _lock_file(fh, blocking=False):
-                LOGGER.info(f"Waiting for another process that is downloading {dest.name} into {dest.parent} ...")
+                if not waited:
+                    LOGGER.info(f"Waiting for another process that is downloading {dest.name} into {dest.parent} ...")
+                    waited = True
                 _lock_file(fh, blocking=True)
-        except OSError as e:  # e.g. a file system without locks: go on unlocked
-            LOGGER.debug(f"no download lock for {dest}: {e}")
-        yield  # closing the file releases the lock
+            if os.path.exists(path) and os.path.samestat(os.fstat(fh.fileno()), os.stat(path)):
+                return fh
+        except BaseException:
+            fh.close()
+            raise
+        fh.close()  # the holder removed the file on release: lock the current one
 
 
 def _remove_stale_parts(dest: Path) -> None:

@@ -367,6 +367,10 @@ class YOLOWorld(Model):
         """
         from yw_ext.export import export_model
 
+        if self.task == "segment":  # YOLO-World-Seg: ONNX with mask coefficients and prototypes (yw_ext.export.seg)
+            from yw_ext.export.seg import export_yolo_seg
+
+            return export_yolo_seg(self, **kwargs)
         return export_model(self, **kwargs)
 
     def reparameterize(self, partial_v1: bool = False) -> YOLOWorld:
@@ -429,7 +433,8 @@ class YOLOWorld(Model):
         net = seg.model
         net.yaml["yaml_file"] = str(src)
         missing, unexpected = net.load_state_dict(det.state_dict(), strict=False)
-        new = [k for k in missing if not k.startswith(tuple(f"model.{len(net.model) - 1}.{b}." for b in ("proto", "cv5")))]
+        branch = tuple(f"model.{len(net.model) - 1}.{b}." for b in ("proto", "cv5"))
+        new = [k for k in missing if not k.startswith(branch)]
         if new or unexpected:
             raise RuntimeError(f"to_seg(): the detector's tensors do not fit the seg network: {(new + unexpected)[:5]}")
         for k in ("text_encoder_state", "image_adapter_state"):

@@ -13,6 +13,11 @@ prompt tuning, ``embeddings`` / ``adapter.*``. Detector tensors are renamed in t
 ``RESHAPES`` lists the tensors stored with another layout. Nothing here guesses: a name no rule covers maps to None,
 and the caller reports it (``yw_ext.checkpoints.statemap``). Torch-free.
 
+YOLO-World-Seg checkpoints add ``seg_preds.*`` (-> ``WorldSegment.cv5``) and ``proto_pred.conv{1,2,3}`` (->
+``Proto.cv{1,2,3}``) under the head; Ultralytics' ``Proto.upsample`` (a ConvTranspose) has no official counterpart
+(the official prototype upsampling is nearest-neighbour) and is generated as its identity
+(``yw_ext.checkpoints.statemap``).
+
 Examples:
     >>> official_target("neck.top_down_layers.0.attn_block.guide_fc.weight", OFFICIAL_LAYERS_V2)
     'model.12.attn.gl.weight'
@@ -100,6 +105,8 @@ SUBKEY_RULES: dict[str, tuple[tuple[str, str], ...]] = {
         (r"reg_preds\.(\d+)\.(.+)", r"cv2.\1.\2"),  # box branch
         (r"cls_preds\.(\d+)\.(.+)", r"cv3.\1.\2"),  # class-embedding branch
         (r"cls_contrasts\.(\d+)\.(.+)", r"cv4.\1.\2"),  # (BN)ContrastiveHead
+        (r"seg_preds\.(\d+)\.(.+)", r"cv5.\1.\2"),  # YOLO-World-Seg mask coefficients (ConvModule x2, Conv2d)
+        (r"proto_pred\.conv([123])\.(conv|bn)\.(.+)", r"proto.cv\1.\2.\3"),  # prototypes -> Ultralytics Proto
     ),
 }
 

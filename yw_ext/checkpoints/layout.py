@@ -72,6 +72,8 @@ class OfficialLayout:
         text_tower: Hugging Face CLIP text weights are present.
         prompts: Number of prompt-tuned embeddings (SimpleYOLOWorldDetector), 0 if none.
         folded_prompts: Number of prompts folded into a re-parameterised head, 0 if not re-parameterised.
+        seg: ``(nm, npr)`` of a YOLO-World-Seg checkpoint (mask coefficients, prototype hidden width); ``()`` for
+            detection.
 
     Examples:
         >>> layout = OfficialLayout("vlpan", False, "bn", "l", 512, 80, True, 0, 0)
@@ -88,12 +90,13 @@ class OfficialLayout:
     text_tower: bool
     prompts: int
     folded_prompts: int
+    seg: tuple = ()
 
     @property
     def family(self) -> str:
         """Human-readable family: v1, v2, v2-effneck, v2-plain-neck, with ``-rep`` when re-parameterised."""
         base = "v1" if self.dual else {"efficient": "v2-effneck", "plain": "v2-plain-neck"}.get(self.neck, "v2")
-        return base + ("-rep" if self.folded else "")
+        return base + ("-rep" if self.folded else "") + ("-seg" if self.seg else "")
 
     @property
     def folded(self) -> bool:
@@ -177,10 +180,6 @@ def _check_yolo_world(keys: list[str], source: str) -> None:
             f"{source} has a YOLO backbone but no contrastive head ('{HEAD_PREFIX}cls_contrasts.*'): not an official "
             "YOLO-World detector."
         )
-    seg = sorted(k for k in keys if k.startswith(HEAD_PREFIX) and re.match(r".*(proto|seg|mask)", k[len(HEAD_PREFIX):]))
-    if seg:
-        raise CheckpointError(f"{source} is a YOLO-World segmentation checkpoint ({seg[:3]} ...); yw_ext converts "
-                              "detection checkpoints only.")
 
 
 def _neck_kind(sd: dict[str, torch.Tensor], source: str) -> str:
@@ -273,7 +272,19 @@ def detect_layout(sd: dict[str, torch.Tensor], source: str = "<checkpoint>") -> 
     prompts = int(sd["embeddings"].shape[0]) if "embeddings" in sd and sd["embeddings"].dim() == 2 else 0
     folded = int(sd[HEAD_PREFIX + "cls_contrasts.0.conv.weight"].shape[0]) if head == "rep" else 0
     text = any(k.startswith(HF_TEXT_PREFIX) for k in keys)
-    return OfficialLayout(neck, dual, head, scale, embed_dim, head_nc, text, prompts, folded)
+    return OfficialLayout(neck, dual, head, scale, embed_dim, head_nc, text, prompts, folded, _seg(sd, source))
+
+
+def _seg(sd: dict[str, torch.Tensor], source: str) -> tuple:
+    """``(nm, npr)`` of a YOLO-World-Seg head (``seg_preds`` / ``proto_pred`` tensors), ``()`` without them."""
+    coeff, proto = sd.get(HEAD_PREFIX + "seg_preds.0.2.weight"), sd.get(HEAD_PREFIX + "proto_pred.conv1.conv.weight")
+    other = sorted(k for k in sd if k.startswith(HEAD_PREFIX) and re.match(r"(proto|seg|mask)", k[len(HEAD_PREFIX):]))
+    if coeff is None and proto is None and not other:
+        return ()
+    if coeff is None or proto is None:
+        raise CheckpointError(f"{source}: a segmentation head needs both '{HEAD_PREFIX}seg_preds.*' and "
+                              f"'{HEAD_PREFIX}proto_pred.*' (found {other[:4]} ...).")
+    return int(coeff.shape[0]), int(proto.shape[0])
 
 
 def model_cfg(layout: OfficialLayout) -> dict[str, Any]:
@@ -302,6 +313,11 @@ def model_cfg(layout: OfficialLayout) -> dict[str, Any]:
         if layer[2] == "WorldDetect":
             layer[3][2] = layout.head != "l2"  # args [nc, embed, with_bn]
     d["nc"] = layout.head_nc
+    if layout.seg:
+        if layout.folded:
+            raise CheckpointError("re-parameterised (folded) YOLO-World-Seg checkpoints are not supported; convert "
+                                  "the unfolded seg checkpoint and call reparameterize().")
+        d["segment"] = list(layout.seg)  # [nm, npr]: built as YWSegmentationModel (yw_ext.nn.seg)
     return d
 
 

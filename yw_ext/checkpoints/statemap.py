@@ -64,6 +64,11 @@ def _generated(model: YWDetectionModel, expected: dict[str, torch.Tensor], layou
         for p in attn:
             for k in (p + "gl.weight", p + "gl.bias"):
                 out[k] = torch.zeros_like(expected[k])
+    for k in expected:  # seg: Ultralytics' Proto upsamples by a ConvTranspose, the official one by nearest x2
+        if re.fullmatch(r"model\.\d+\.proto\.upsample\.weight", k):
+            w = torch.zeros_like(expected[k])  # (C, C, 2, 2): weight[c, c] = 1 copies each pixel to its 2x2 block
+            w[torch.arange(w.shape[0]), torch.arange(w.shape[0])] = 1.0
+            out[k], out[k[: -len("weight")] + "bias"] = w, torch.zeros_like(expected[k[: -len("weight")] + "bias"])
     if layout.head == "rep":  # placeholders: the folded K-output conv replaces the contrastive scalars
         for k in expected:
             if re.fullmatch(r"model\.\d+\.cv4\.\d+\.(bias|logit_scale)", k):
@@ -120,7 +125,10 @@ def build_detector(det_sd: dict[str, torch.Tensor], layout: OfficialLayout, sour
     Examples:
         >>> model = build_detector(det_sd, detect_layout(sd), "x.pth")  # doctest: +SKIP
     """
-    model = YWDetectionModel(model_cfg(layout), verbose=False)
+    from yw_ext.nn.seg import YWSegmentationModel, is_seg_cfg
+
+    d = model_cfg(layout)
+    model = (YWSegmentationModel if is_seg_cfg(d) else YWDetectionModel)(d, verbose=False)
     model.load_state_dict(map_official_state_dict(det_sd, model, layout, source), strict=True)
     return model.float().eval()
 

@@ -39,6 +39,20 @@ def is_seg_cfg(cfg: Any) -> bool:
     return isinstance(cfg, dict) and bool(cfg.get(SEG_KEY))
 
 
+def with_masks(out: Any, mc: torch.Tensor, proto: torch.Tensor) -> Any:
+    """Add mask coefficients ``(B, nm, A)`` and prototypes to a detection head's output, in ``Segment``'s layout.
+
+    Training dict -> the dict with ``mask_coefficient`` and ``proto``; export ``y`` -> ``(cat(y, mc), proto)``;
+    eval ``(y, preds)`` -> ``((cat(y, mc), proto), preds)``, ``y`` becoming ``(B, 4 + P + nm, A)``.
+    """
+    if isinstance(out, dict):
+        return {**out, "mask_coefficient": mc, "proto": proto}
+    if isinstance(out, torch.Tensor):
+        return torch.cat((out, mc), 1), proto
+    y, preds = out
+    return (torch.cat((y, mc), 1), proto), {**preds, "mask_coefficient": mc, "proto": proto}
+
+
 class WorldSegment(WorldDetect):
     """``WorldDetect`` with Ultralytics' ``Proto`` and per-level mask-coefficient branches.
 
@@ -78,13 +92,7 @@ class WorldSegment(WorldDetect):
     def forward(self, x: list[torch.Tensor], text: torch.Tensor) -> Any:
         """Detection as ``WorldDetect`` plus mask coefficients and prototypes (layout of Ultralytics' ``Segment``)."""
         mc, proto = self.mask_outputs(x)  # before WorldDetect.forward reassigns the list's items
-        out = super().forward(x, text)
-        preds = out[1] if isinstance(out, tuple) else out
-        preds["mask_coefficient"], preds["proto"] = mc, proto
-        if self.training:
-            return preds
-        y = torch.cat((out if self.export else out[0], mc), 1)  # (B, 4 + nc + nm, A)
-        return (y, proto) if self.export else ((y, proto), preds)
+        return with_masks(super().forward(x, text), mc, proto)
 
     def fold(self, text: torch.Tensor) -> RepWorldSegment:
         """This head with the prompts ``text`` ``(P, D)`` folded in (``yw_ext.nn.rep.reparameterize`` calls it)."""
@@ -121,18 +129,12 @@ class RepWorldSegment(RepWorldDetect):
         """``RepWorldDetect``'s detection (all prompt scores) plus mask coefficients and prototypes."""
         self.score_mode = "full"
         mc, proto = self.mask_outputs(x)
-        out = super().forward(x)
-        preds = out[1] if isinstance(out, tuple) else out
-        preds["mask_coefficient"], preds["proto"] = mc, proto
-        if self.training:
-            return preds
-        y = torch.cat((out if self.export else out[0], mc), 1)  # (B, 4 + P + nm, A)
-        return (y, proto) if self.export else ((y, proto), preds)
+        return with_masks(super().forward(x), mc, proto)
 
     @classmethod
     @torch.no_grad()
     def from_world_segment(cls, head: WorldSegment, text: torch.Tensor) -> RepWorldSegment:
-        """Fold ``head``'s detection part as ``RepWorldDetect.from_world_detect``; the mask branch is the same object."""
+        """Fold the detection part as ``RepWorldDetect.from_world_detect``; the mask branch is the same object."""
         rep = super().from_world_detect(head, text)
         rep.proto, rep.cv5, rep.nm, rep.npr = head.proto, head.cv5, head.nm, head.npr
         return rep.train(head.training)

@@ -59,7 +59,13 @@ def _check_manifest(out: Path, manifest: dict[str, Any], overwrite: bool) -> Non
 def dask_client(scheduler: Any = None, workers: int | None = None, threads: int = 1) -> Iterator[Any]:
     """A ``distributed.Client``: to ``scheduler`` (an address or a Client, used as is), else to a new
     ``LocalCluster(host="127.0.0.1", dashboard_address=None)`` of ``workers`` processes x ``threads`` threads,
-    closed on exit."""
+    closed on exit.
+
+    Examples:
+        >>> with dask_client(workers=2) as client:  # doctest: +SKIP
+        ...     client.scheduler_info()["address"]
+        'tcp://127.0.0.1:40123'
+    """
     from distributed import Client, LocalCluster
 
     if scheduler is not None and not isinstance(scheduler, str):
@@ -155,6 +161,12 @@ def detect_dataset(source: Any, model: str | os.PathLike, out: str | os.PathLike
     Raises:
         ImportError: Dask / pyarrow missing (the message says how to install them).
         ValueError / FileNotFoundError: bad source, model or vocabulary, or another job's results in ``out``.
+
+    Examples:
+        >>> detect_dataset("images/", "dv.onnx", "out/", classes=["person", ["car", "automobile"]],
+        ...                text_encoder="clip_text.onnx", labels=True)  # doctest: +SKIP
+        >>> detect_dataset("s3list.parquet", "dv.onnx", "out/", prompts="vocab.npz",
+        ...                scheduler="tcp://10.0.0.1:8786", device="cuda")  # doctest: +SKIP
     """
     check_extras()
     t0 = time.perf_counter()
@@ -203,6 +215,9 @@ def read_results(out: str | os.PathLike) -> Any:
 
     Raises:
         FileNotFoundError: no ``part-*.parquet`` in ``out``.
+
+    Examples:
+        >>> read_results("out/").to_pandas()[["path", "class_names"]]  # doctest: +SKIP
     """
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -38,6 +38,10 @@ def read_prompt_vocabulary(path: str | os.PathLike) -> Vocabulary:
     Raises:
         FileNotFoundError: no such file.
         ValueError: not a prompt file, or inconsistent entries.
+
+    Examples:
+        >>> read_prompt_vocabulary("vocab.npz").names  # doctest: +SKIP
+        ('person', 'car')
     """
     p = Path(path)
     files = load_npz(p, what="prompt file")
@@ -68,6 +72,11 @@ def resolve_vocabulary(classes: Any = None, embeddings: Any = None, prompts: str
 
     Raises:
         ValueError: conflicting arguments, wrong shapes, a renaming of another length.
+
+    Examples:
+        >>> resolve_vocabulary(["a", "b"], embeddings=np.ones((2, 3, 8), np.float32)).prompts_per_class
+        3
+        >>> resolve_vocabulary(["person", ["car", "automobile"]], text_encoder="clip_text.onnx")  # doctest: +SKIP
     """
     if prompts is not None:
         if embeddings is not None or images is not None:

@@ -52,7 +52,12 @@ def detection_row(path: str, shape: tuple[int, int] | None, boxes: np.ndarray | 
 
 
 def write_partition(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Write rows as one Parquet file, atomically (a temporary name, then ``os.replace``)."""
+    """Write rows as one Parquet file, atomically (a temporary name, then ``os.replace``).
+
+    Examples:
+        >>> write_partition([detection_row("a.jpg", (480, 640))], "/tmp/yw_part_doctest.parquet").name
+        'yw_part_doctest.parquet'
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -72,7 +77,12 @@ def yolo_lines(boxes: np.ndarray, class_ids: np.ndarray, shape: tuple[int, int])
 
 
 def label_path(image: str, root: str | None, labels_dir: str | os.PathLike) -> Path:
-    """``labels_dir / <image path relative to root>.txt`` (the image's name alone when it is not under ``root``)."""
+    """``labels_dir / <image path relative to root>.txt`` (the image's name alone when it is not under ``root``).
+
+    Examples:
+        >>> label_path("/data/a/x.jpg", "/data", "labels").as_posix()
+        'labels/a/x.txt'
+    """
     rel = Path(image).name
     if root:
         try:

@@ -20,7 +20,7 @@ import binascii
 import contextlib
 import os
 import platform
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -36,6 +36,21 @@ class BadRequest(Exception):
         self.status, self.detail = status, detail
 
 
+def _header_size(data: bytes) -> Optional[tuple]:
+    """``(width, height)`` from the image header when Pillow is installed (it reads no pixels), else None."""
+    try:
+        import io
+
+        from PIL import Image
+    except ImportError:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # not an image Pillow knows: OpenCV decides below
+        return None
+
+
 def _decode_image(data: bytes, cfg: ServeConfig) -> np.ndarray:
     import cv2
 
@@ -43,6 +58,9 @@ def _decode_image(data: bytes, cfg: ServeConfig) -> np.ndarray:
         raise BadRequest(400, "no image: send a file field 'image' (multipart) or base64 'image' (JSON).")
     if len(data) > cfg.max_image_bytes:
         raise BadRequest(413, f"image is {len(data)} bytes, the limit is {cfg.max_image_bytes}.")
+    size = _header_size(data)
+    if size is not None and size[0] * size[1] > cfg.max_pixels:  # refuse before decoding (decompression bombs)
+        raise BadRequest(413, f"image is {size[0]}x{size[1]} pixels, the limit is {cfg.max_pixels} pixels.")
     im = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if im is None:
         raise BadRequest(400, "the upload is not an image OpenCV can decode (JPEG, PNG, BMP, TIFF, WebP...).")
@@ -142,6 +160,10 @@ def create_app(config: ServeConfig) -> Any:
 
     Raises:
         ImportError: FastAPI missing (the message says how to install the ``serve`` extra).
+
+    Examples:
+        >>> import uvicorn  # doctest: +SKIP
+        >>> uvicorn.run(create_app(ServeConfig(model="dv.onnx")), host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
     from yw_ext.serve import check_extras
 
