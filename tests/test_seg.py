@@ -183,8 +183,8 @@ class OfficialSegBranches(torch.nn.Module):
         return coeff, proto
 
 
-def test_official_seg_checkpoint_parity_float64():
-    from tests.test_official import official_checkpoint, randomize, text_embeddings
+def test_official_seg_checkpoint_parity_float64(tmp_path):
+    from tests.test_official import official_checkpoint, randomize, save_with_hash, text_embeddings
     from yw_ext.checkpoints.layout import detect_layout
     from yw_ext.checkpoints.official import convert_official
 
@@ -217,6 +217,9 @@ def test_official_seg_checkpoint_parity_float64():
     assert (p - proto).abs().max() <= 1e-4 and proto.std() > 0.01  # prototypes (nearest x2 == identity ConvT)
     probs = lambda c, q: torch.einsum("ban,bnhw->bahw", c, q).sigmoid()  # noqa: E731 official step 1 at proto size
     assert (probs(y[:, 8:].transpose(1, 2), p) - probs(coeff, proto)).abs().max() <= 1e-4
+    # the same file through the public loader: a seg model with task "segment"
+    yolo = yw_ext.YOLOWorld(str(save_with_hash({"meta": {}, "state_dict": sd}, tmp_path, "yolo_world_v2_seg_n_test")))
+    assert yolo.task == "segment" and type(yolo.model.model[-1]) is WorldSegment
 
 
 # ------------------------------------------------------------------------------------------------------------ export

@@ -19,6 +19,7 @@ Examples:
     yw align-text student=clip-ViT-B-32-multilingual-v1 texts=names.txt check=True  # how close to the detector's CLIP
     yw bench quick=True                                              # benchmarks vs Ultralytics (< 3 min on 2 CPUs)
     yw bench scales=s imgsz=640 ks=80,1203 pairs=10 out=results      # any yw_ext.bench.BenchConfig field as key=value
+    yw bench e2e=True scales=s ks=80,1203 pairs=3                   # end-to-end predict over COCO128 val
     yw label source=images/ model=dv.onnx out=labels/ classes="person,car" text_encoder=clip_text.onnx  # Dask
     yw serve model=dv.onnx text_encoder=clip_text.onnx host=127.0.0.1 port=8000 workers=2          # HTTP service
 

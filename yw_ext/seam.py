@@ -75,7 +75,7 @@ PRIVATE_APIS: dict[str, str] = {
     "ultralytics.engine.model:Model._reset_ckpt_args": "checkpoint arguments of converted official weights",
     "ultralytics.engine.model:Model._check_is_pytorch_model": "refusing set_classes / export on exported models",
     "ultralytics.engine.model:Model._load": "YOLOWorld._load override (checkpoint routing)",
-    "ultralytics.engine.trainer:BaseTrainer._setup_train": "prompt / adapter trainers freeze the detector after it",
+    "ultralytics.engine.trainer:BaseTrainer._setup_train": "prompt / adapter / seghead trainers freeze after it",
     "ultralytics.utils.patches:_image_open": "PIL's unpatched Image.open for exemplar images",
     "ultralytics.utils.downloads:attempt_download_asset": "its `release` default: the assets release to download",
     "ultralytics.utils.dist:generate_ddp_file": "the DDP worker script (trainer rebuilt from vars(trainer.args))",

@@ -180,8 +180,8 @@ def format_e2e_table(rows: Sequence[dict]) -> str:
     """Markdown table of the ``e2e`` rows: images/s, ms per image, ratio, and the pre / inference / post split.
 
     Examples:
-        >>> format_e2e_table([]).splitlines()[0][:30]
-        '| model | imgsz | K | backend | '
+        >>> format_e2e_table([]).splitlines()[0][:25]
+        '| model | imgsz | K | bac'
     """
     out = ["| model | imgsz | K | backend | img/s | ms/img median | ratio [min-max] | vs | pre ms | infer ms | "
            "post ms | vs ultralytics |", "|" + "---|" * 12]

@@ -82,7 +82,7 @@ class YWPredictor(DetectionPredictor):
         head = layers[-1] if isinstance(layers, torch.nn.Sequential) else None
         if not isinstance(head, RepWorldDetect) or head.score_mode != "full" or head.export:
             return None
-        if self.args.half and head.nc > 2048:  # class ids above 2048 are not exact in float16
+        if getattr(self.model, "fp16", False) and head.nc > 2048:  # class ids above 2048 are not exact in float16
             return None
         self._groups = int(getattr(net, "prompts_per_class", 1) or 1)  # class = best prompt // G
         return head
