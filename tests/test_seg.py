@@ -267,3 +267,54 @@ def test_seg_onnx_matches_pytorch(tmp_path, dynamic_vocab):
     assert iou.min() >= 0.99  # per instance (every anchor's mask at prototype resolution)
     with pytest.raises(NotImplementedError, match="ONNX only"):
         model.export(format="engine")
+
+
+def _seg_detector(k: int = 3, seed: int = 0) -> yw_ext.YOLOWorld:
+    """yw-v2-seg-n, random weights, head scaled as tests/test_export.py's ``_detector`` so that bus.jpg gives a few
+    distinct detections (plain random weights score everything far below any threshold)."""
+    torch.manual_seed(seed)
+    model = yw_ext.YOLOWorld("yw-v2-seg-n.yaml")
+    randomize_(model.model, seed)
+    head = model.model.model[-1]
+    with torch.no_grad():
+        for b in head.cv3:  # larger image embeddings: class scores spread over (0, 1)
+            b[-1].weight.mul_(10.0)
+        for b in head.cv2:  # DFL bins biased to short distances: boxes of 1-3 strides
+            b[-1].weight.mul_(3.0)
+            b[-1].bias.copy_((-0.7 * torch.arange(16.0)).repeat(4))
+        for c in head.cv4:
+            c.bias.fill_(-3.0)
+    emb = torch.nn.functional.normalize(torch.randn(k, 512, generator=torch.Generator().manual_seed(seed + 1)), dim=-1)
+    model.set_classes(["person", "bus", "stop sign"][:k], embeddings=emb)
+    return model
+
+
+def _nms_masks(y: torch.Tensor, proto: torch.Tensor, k: int, hw: tuple[int, int], conf: float = 0.25):
+    """Ultralytics' NMS + ``process_mask`` (crop, upsample, > 0.5) on one image: ``(N, 6)`` rows and ``(N, H, W)``."""
+    from ultralytics.utils import nms, ops
+
+    det = nms.non_max_suppression(y, conf, 0.7, nc=k, max_det=100)[0]  # (N, 6 + nm)
+    masks = ops.process_mask(proto[0], det[:, 6:], det[:, :4], hw, upsample=True) > 0.5  # (N, H, W)
+    return det[:, :6], masks
+
+
+def test_seg_onnx_matches_pytorch_on_bus(tmp_path, assets):
+    """ONNX Runtime == PyTorch on bus.jpg after NMS and mask assembly: scores <= 1e-3, boxes <= 1e-2 px, per-instance
+    mask IoU >= 0.99 (masks at input size, Ultralytics' ``process_mask``)."""
+    ort = pytest.importorskip("onnxruntime")
+    from tests.test_export import _letterboxed
+
+    model = _seg_detector()
+    f = model.export(format="onnx", imgsz=160, out=str(tmp_path / "seg.onnx"))
+    x = _letterboxed(assets / "bus.jpg", 160)  # (1, 3, 160, 160)
+    with torch.no_grad():
+        (y, proto), _ = model.model.eval()(x)
+    o0, o1 = ort.InferenceSession(f, providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})
+    d_pt, m_pt = _nms_masks(y, proto, 3, (160, 160))
+    d_ort, m_ort = _nms_masks(torch.from_numpy(o0), torch.from_numpy(o1), 3, (160, 160))
+    assert 3 <= len(d_pt) <= 100 and len(d_ort) == len(d_pt)  # a few detections, the same ones
+    assert torch.equal(d_ort[:, 5], d_pt[:, 5])  # classes
+    assert (d_ort[:, 4] - d_pt[:, 4]).abs().max() <= 1e-3  # scores
+    assert (d_ort[:, :4] - d_pt[:, :4]).abs().max() <= 1e-2  # boxes, px
+    assert m_pt.flatten(1).any(1).all()  # every instance has a non-empty mask
+    assert _box_iou_masks(m_ort, m_pt).min() >= 0.99  # per instance

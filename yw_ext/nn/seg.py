@@ -68,10 +68,10 @@ class WorldSegment(WorldDetect):
     Examples:
         >>> h = WorldSegment(80, 512, True, ch=(64, 128, 256)).eval()
         >>> x = [torch.randn(1, c, s, s) for c, s in ((64, 8), (128, 4), (256, 2))]
-        >>> (y, proto), _ = h(x, torch.randn(1, 3, 512))  # K = 3 prompts
-        >>> h.nc = 3  # normally set by the model's head_prompts / install_vocabulary
-        >>> tuple(proto.shape)
-        (1, 32, 16, 16)
+        >>> h.nc = 3  # K = 3 prompts; normally set by the model's install_vocabulary / head_prompts
+        >>> (y, proto), _ = h(x, torch.randn(1, 3, 512))
+        >>> tuple(y.shape), tuple(proto.shape)  # (B, 4 + K + nm, A), (B, nm, 2 H3, 2 W3)
+        ((1, 39, 84), (1, 32, 16, 16))
     """
 
     def __init__(self, nc: int = 80, embed: int = 512, with_bn: bool = False, nm: int = 32, npr: int = 256,
