@@ -9,6 +9,7 @@ Examples:
     python benchmarks/run.py                                           # n and s, 640 px, K 1/10/80/365/1203
     python benchmarks/run.py --scales s --imgsz 640 --ks 80,1203 --pairs 10 --name bench_s640
     python benchmarks/run.py --scales n,s,m --batch 1,4 --backends pt_folded,ort_fixed
+    python benchmarks/run.py --seg --backends pt_folded,ort_fixed --scales s --ks 80,1203 --no-text  # seg vs det, YOLOE
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 # yw_ext, AGPL-3.0 license
 """The benchmark suite's code paths on a tiny configuration (n at 64 px, K = 1 and 3, one pair): CSV columns and rows,
-skipped backends, plots, the ``yw bench`` dispatch and the option parsing. No timing is asserted."""
+skipped backends, plots, the ``yw bench`` dispatch and the option parsing; the seg rows (``seg=True``) and a missing
+YOLOE. No timing is asserted."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from yw_ext import bench
+from yw_ext import bench, seam
 from yw_ext.cli import LATER
 from yw_ext.cli import run as yw_run
 
@@ -35,7 +36,8 @@ def test_csv_columns_and_latency_rows(tiny_run):
     with open(out / "tiny.csv", newline="") as f:
         assert tuple(next(csv.reader(f))) == bench.COLUMNS
     lat = [r for r in rows if r["kind"] == "latency"]
-    assert sorted((r["backend"], r["K"]) for r in lat) == sorted((b, k) for b in bench.BACKENDS for k in ("1", "3"))
+    assert sorted((r["backend"], r["K"]) for r in lat) == sorted((b, k) for b in bench.DEFAULT_BACKENDS
+                                                                  for k in ("1", "3"))  # no seg rows by default
     for r in lat:
         assert r["weights"].startswith("random") and r["torch"] == torch.__version__ and r["date"]
         assert (r["scale"], r["imgsz"], r["batch"], r["threads"]) == ("n", "64", "1", str(bench.BenchConfig().threads))
@@ -158,3 +160,72 @@ def test_e2e_command(tmp_path, coco128):
         assert float(r["inference_ms"]) > 0 and r["preprocess_ms"] and r["postprocess_ms"]
     assert (out / "e2e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| n | 64 | 3 | runtime |" in (out / "e2e.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """A tiny ``yw bench seg=True`` run (n at 64 px, K = 3, 2 pairs) with the detection rows it is compared with."""
+    out = tmp_path_factory.mktemp("bench_seg")
+    yw_run(["bench", "seg=True", "backends=pt_folded,ort_fixed", "scales=n", "imgsz=64", "ks=3", "pairs=2",
+            "warmup=0", "reps=1", "gap=0", "gemm_runs=1", "text=False", "memory=False", f"out={out}", "name=seg"])
+    with open(out / "seg.csv", newline="") as f:
+        return out, list(csv.DictReader(f))
+
+
+def test_seg_latency_rows(seg_run):
+    """Each seg backend has an ``ok`` latency row with its baseline ratio (yw_ext vs YOLOE-seg), FLOPs and versions;
+    yw_ext's seg outputs carry the detection model's scores, Ultralytics' YOLOE ONNX its eager model's."""
+    out, rows = seg_run
+    lat = {r["backend"]: r for r in rows if r["kind"] == "latency"}
+    assert set(lat) == {"ultralytics", "pt_folded", "ultralytics_onnx", "ort_fixed", *bench.SEG_BACKENDS}
+    for b in bench.SEG_BACKENDS:
+        r = lat[b]
+        assert r["status"] == "ok" and r["note"], r
+        assert (r["scale"], r["imgsz"], r["K"], r["pairs"], r["device"]) == ("n", "64", "3", "2", "cpu")
+        assert r["torch"] == torch.__version__ and r["ultralytics"] == seam.ULTRALYTICS_VERSION and r["onnxruntime"]
+        assert float(r["median_ms"]) > 0 and float(r["throughput"]) > 0 and float(r["gflops"]) > 0
+        assert r["baseline"] == bench.BASELINE[b]
+        assert float(r["ratio_min"]) <= float(r["ratio"]) <= float(r["ratio_max"]) and r["ratio_vs_ultralytics"]
+    assert lat["pt_seg"]["baseline"] == "yoloe_seg" and lat["ort_seg"]["baseline"] == "yoloe_seg_onnx"
+    assert float(lat["yoloe_seg"]["ratio"]) == 1.0 and "yoloe-v8n-seg.yaml" in lat["yoloe_seg"]["note"]
+    for b in ("pt_seg", "ort_seg", "yoloe_seg_onnx"):
+        assert float(lat[b]["max_score_diff"]) < 1e-3, lat[b]
+    assert lat["yoloe_seg"]["max_score_diff"] == ""  # another network: not compared
+    assert float(lat["pt_seg"]["gflops"]) > float(lat["pt_folded"]["gflops"])  # the mask branch costs FLOPs
+    assert "| n | 64 | 1 | 3 | pt_seg |" in (out / "seg.md").read_text()
+
+
+def test_seg_vs_det_rows(seg_run):
+    _, rows = seg_run
+    seg = {r["backend"]: r for r in rows if r["kind"] == "seg_vs_det"}
+    assert set(seg) == set(bench.SEG_VS_DET)
+    for b, r in seg.items():
+        assert r["baseline"] == bench.SEG_VS_DET[b] and r["status"] == "ok" and r["K"] == "3" and r["pairs"] == "2"
+        assert 0 < float(r["ratio_min"]) <= float(r["ratio"]) <= float(r["ratio_max"]) and r["date"]
+
+
+def test_seg_options():
+    assert not set(bench.SEG_BACKENDS) & set(bench.BenchConfig().backends)  # the default run has no seg rows
+    c = bench.parse(["--seg", "--backends", "pt_folded"])
+    assert c.seg and set(bench.SEG_BACKENDS) <= set(c.backends) and "ort_fixed" in c.backends  # ort_seg's det
+    assert bench.config_from_args({"backends": "pt_seg"}).backends == ["ultralytics", "pt_folded", "yoloe_seg",
+                                                                       "pt_seg"]  # its baseline and its det
+
+
+@pytest.mark.parametrize("yoloe, status, words", [(None, "skipped", "has no YOLOE"),
+                                                  ("raise", "error", "FileNotFoundError: no yoloe yaml")])
+def test_seg_without_yoloe(monkeypatch, tmp_path, yoloe, status, words):
+    """A YOLOE that is missing (older Ultralytics) or fails to build gives rows with that status and reason."""
+
+    def broken(*args, **kwargs):
+        raise FileNotFoundError("no yoloe yaml")
+
+    monkeypatch.setattr(seam, "UltralyticsYOLOE", broken if yoloe == "raise" else None)
+    cfg = bench.BenchConfig(backends=["yoloe_seg", "yoloe_seg_onnx"], scales="n", imgsz=64, ks=3, pairs=1, warmup=0,
+                            reps=1, gap=0, memory=False)  # fmt: skip
+    group = bench.Group(cfg, "n", 64, 1, tmp_path)
+    bench.add_seg_runners(group, 3, torch.randn(3, 512), {}, tmp_path / "k3", {})
+    assert not group.runners
+    rows = {r["backend"]: r for r in bench.measure_group(group, bench.environment(1)) if r["kind"] == "latency"}
+    for b in ("yoloe_seg", "yoloe_seg_onnx"):
+        assert rows[b]["status"] == status and words in rows[b]["note"] and "median_ms" not in rows[b], rows[b]

@@ -352,9 +352,22 @@ def test_aliases():
     assert all(resolve_alias(a) is not None for a in KNOWN_ALIASES)
 
 
+def test_seg_aliases_and_entries():
+    """The four official YOLO-World-Seg files (configs/segmentation/README.md): v1 neck, M and L, two recipes."""
+    for s, h_all, h_head in (("m", "ca465825", "7bca59a7"), ("l", "8c58c916", "5a642d30")):
+        w, wh = resolve_alias(f"seg-{s}"), resolve_alias(f"SEG-{s}-seghead")
+        assert w.name == f"yolo_world_seg_{s}_dual_vlpan_2e-4_80e_8gpus_allmodules_finetune_lvis-{h_all}.pth"
+        assert wh.name == f"yolo_world_seg_{s}_dual_vlpan_2e-4_80e_8gpus_seghead_finetune_lvis-{h_head}.pth"
+        for x in (w, wh):
+            assert (x.task, x.version, x.scale, x.source) == ("segment", "v1", s, "official")
+            assert x.url == "https://huggingface.co/wondervictor/YOLO-World/resolve/main/" + x.name
+    with pytest.raises(ValueError, match="task"):
+        hub.WeightSpec("a.pth", None, None, "official", "v1", "m", task="pose")
+
+
 def test_official_entries_hash_prefix_and_url():
     official = [w for w in list_weights() if w.source == "official"]
-    assert len(official) == 30
+    assert len(official) == 34 and sum(w.task == "segment" for w in official) == 4
     for w in official:
         m = re.search(r"-([0-9a-f]{8})$", Path(w.name).stem)
         assert w.sha256_prefix == (m.group(1) if m else None), w.name
@@ -382,8 +395,8 @@ def test_clip_entry_url_contains_sha256():
 def test_table_matches_weights_md():
     rows = dict(re.findall(r"^\| `([^`]+)` \| (\S+) \|$", WEIGHTS_MD.read_text(), re.M))
     assert len(rows) >= 30
-    table = {w.name: w.url for w in list_weights() if w.source == "official"}
-    assert table == rows
+    table = {w.name: w.url for w in list_weights() if w.source == "official" and w.task == "detect"}
+    assert table == rows  # weights.md lists the detection files; the seg files come from the official seg README
 
 
 def test_weight_spec_validation():

@@ -109,6 +109,7 @@ class WeightSpec:
         scale (str): Model scale ("s", "m", "l", "x", "xl"; "" where it does not apply).
         notes (str): Free-form description (training data, resolution, caveats).
         sha256 (str | None): Full SHA-256 where it is published (CLIP).
+        task (str): "detect" or "segment" (YOLO-World-Seg: loads as a segmentation model).
     """
 
     name: str
@@ -119,9 +120,12 @@ class WeightSpec:
     scale: str
     notes: str = ""
     sha256: str | None = None
+    task: str = "detect"
 
     def __post_init__(self):
-        """Validate the source and the hash fields."""
+        """Validate the source, the task and the hash fields."""
+        if self.task not in ("detect", "segment"):
+            raise ValueError(f"WeightSpec {self.name!r}: task must be 'detect' or 'segment', not {self.task!r}")
         if self.source not in SOURCES:
             raise ValueError(f"WeightSpec {self.name!r}: source must be one of {sorted(SOURCES)}, not {self.source!r}")
         for h in (self.sha256_prefix, self.sha256):
@@ -137,8 +141,18 @@ _HF_V21 = "https://huggingface.co/wondervictor/YOLO-World-V2.1/resolve/main/"
 _V1 = "_clip_base_dual_vlpan_2e-3adamw_32xb16_100e_o365_goldg"  # common part of the v1 file names
 
 
+_SEG = "_dual_vlpan_2e-4_80e_8gpus_"  # common part of the YOLO-World-Seg file names (v1 neck, LVIS-Base fine-tuning)
+
+
 def _official(name: str, base: str, prefix: str | None, version: str, scale: str, notes: str = "") -> WeightSpec:
     return WeightSpec(name, base + name, prefix, "official", version, scale, notes)
+
+
+def _official_seg(scale: str, recipe: str, prefix: str, mask_ap: float) -> WeightSpec:
+    name = f"yolo_world_seg_{scale}{_SEG}{recipe}_finetune_lvis-{prefix}.pth"
+    what = "all modules fine-tuned" if recipe == "allmodules" else "seg head only (detector frozen)"
+    notes = f"YOLO-World-Seg, LVIS-Base, {what}; official mask AP {mask_ap} on LVIS val 1.0"
+    return WeightSpec(name, _HF + name, prefix, "official", "v1", scale, notes, task="segment")
 
 
 _TABLE_LIST: tuple[WeightSpec, ...] = (
@@ -230,6 +244,11 @@ _TABLE_LIST: tuple[WeightSpec, ...] = (
         "v2.1 pre-training, stage 1; the official README also links S-640 to this file (apparently a mistake): "
         "the file name says X, check the weights' shapes before trusting the scale",
     ),
+    # --- official YOLO-World-Seg (v1 neck), fine-tuned on LVIS-Base; table of the official configs/segmentation ---
+    _official_seg("m", "allmodules", "ca465825", 25.9),
+    _official_seg("m", "seghead", "7bca59a7", 16.7),
+    _official_seg("l", "allmodules", "8c58c916", 28.7),
+    _official_seg("l", "seghead", "5a642d30", 19.1),
     # --- official auxiliary files -----------------------------------------------------------------------------------
     _official(
         "clip_vit_b32_coco_80_embeddings.npy", _HF, None, "", "",
@@ -274,6 +293,10 @@ _ALIASES: dict[str, str] = {
     "v2.1-m": "m_stage2-9987dcb1.pth",  # stage 2
     "v2.1-l": "l_stage2-b3e3dc3f.pth",  # stage 2
     "v2.1-x": "x_stage1-62b674ad.pth",  # stage 1: no x_stage2 was published
+    **{f"seg-{s}": f"yolo_world_seg_{s}{_SEG}allmodules_finetune_lvis-{h}.pth" for s, h in (("m", "ca465825"),
+                                                                                              ("l", "8c58c916"))},
+    **{f"seg-{s}-seghead": f"yolo_world_seg_{s}{_SEG}seghead_finetune_lvis-{h}.pth" for s, h in (("m", "7bca59a7"),
+                                                                                                  ("l", "5a642d30"))},
     "clip": "ViT-B-32.pt",
     "ViT-B/32": "ViT-B-32.pt",
     "ViT-B-32": "ViT-B-32.pt",
@@ -307,8 +330,9 @@ def resolve_alias(name: str) -> WeightSpec | None:
     Aliases: "s", "m", "l", "x" and "v2-s".."v2-x" -> Ultralytics ``yolov8{size}-worldv2.pt`` (official v2 weights);
     "v1-s".."v1-x" -> ``yolov8{size}-world.pt``; "xl", "v2-xl" -> the official v2 XL checkpoint; "v2.1-s",
     "v2.1-m", "v2.1-l" -> the v2.1 stage-2 files and "v2.1-x" -> ``x_stage1`` (no stage 2 published); "clip",
-    "ViT-B/32" -> OpenAI CLIP ``ViT-B-32.pt``. A file name from the table (with or without its extension) also
-    resolves to its entry.
+    "ViT-B/32" -> OpenAI CLIP ``ViT-B-32.pt``; "seg-m", "seg-l" -> the official YOLO-World-Seg files fine-tuned
+    in all modules and "seg-m-seghead", "seg-l-seghead" -> those with only the seg head fine-tuned. A file name
+    from the table (with or without its extension) also resolves to its entry.
 
     Args:
         name (str): Alias or file name.

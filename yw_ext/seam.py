@@ -62,6 +62,11 @@ from ultralytics.utils.torch_utils import ModelEMA, get_flops, select_device, un
 from ultralytics.utils.loss import v8SegmentationLoss
 from ultralytics.utils.torch_utils import initialize_weights
 
+try:  # YOLOE (Ultralytics >= 8.3.99): only the benchmark suite's seg rows use it; None where it does not exist
+    from ultralytics import YOLOE as UltralyticsYOLOE
+except ImportError:  # pragma: no cover - older Ultralytics
+    UltralyticsYOLOE = None
+
 ULTRALYTICS_VERSION = ultralytics.__version__
 
 CHECKED_AGAINST = "8.4.190"

@@ -58,7 +58,9 @@ Modules (one concept each; every name is re-exported here):
 - ``records``: environment columns, rounding, atomic CSV / file writes (``yw_ext.core.io.atomic_write``);
 - ``timing``: ``interleaved_rounds``, ``ratio_stats``, percentiles, ONNX Runtime sessions, the GEMM ceiling;
 - ``models``: ``randomize_`` and the models / runners of one group (``Group``);
-- ``measure``: parity, interleaved timing, memory and K growth of a group; ``memory``: the peak-memory subprocess;
+- ``seg_models``: the seg runners (``--seg``: yw_ext's YOLO-World-Seg and Ultralytics' YOLOE-seg);
+- ``measure``: parity, interleaved timing, memory, K growth and seg-vs-det ratios of a group; ``memory``: the
+  peak-memory subprocess;
 - ``text_bench``: the text measurements; ``tiny_clip``: random-weight CLIPs (also the tests' tiny CLIP);
   ``data``: LVIS names, COCO128 subsets;
 - ``e2e`` (``e2e=True``, ``yw_ext.bench.e2e``): end-to-end ``predict`` throughput over COCO128 and its
@@ -75,10 +77,13 @@ from yw_ext.bench.config import (
     BACKENDS,
     BASELINE,
     COLUMNS,
+    DEFAULT_BACKENDS,
     GEMM_N,
     QUICK,
     REDUCED,
     SCALE_ORDER,
+    SEG_BACKENDS,
+    SEG_VS_DET,
     WEIGHTS_NOTE,
     BenchConfig,
     quick_config,
@@ -90,6 +95,7 @@ from yw_ext.bench.memory import memory_child, memory_in_subprocess, proc_mb
 from yw_ext.bench.models import Group, Runner, randomize_
 from yw_ext.bench.records import append_csv_atomic, cpu_name, environment, write_atomic, write_csv_atomic
 from yw_ext.bench.report import format_e2e_table, format_table, plot_e2e, plot_latency_vs_k, plot_latency_vs_size
+from yw_ext.bench.seg_models import add_seg_runners, yoloe_seg, yw_seg
 from yw_ext.bench.suite import run
 from yw_ext.bench.text_bench import bench_text, text_encoder
 from yw_ext.bench.timing import (
@@ -105,7 +111,8 @@ from yw_ext.bench.timing import (
 from yw_ext.bench.tiny_clip import random_clip, random_clip_state_dict, random_text_encoder, save_random_clip
 
 __all__ = [
-    "BACKENDS", "BASELINE", "COLUMNS", "E2E_BACKENDS", "E2E_BASELINE", "GEMM_N", "REDUCED", "QUICK", "SCALE_ORDER",
+    "BACKENDS", "BASELINE", "COLUMNS", "DEFAULT_BACKENDS", "SEG_BACKENDS", "SEG_VS_DET", "add_seg_runners",
+    "yoloe_seg", "yw_seg", "E2E_BACKENDS", "E2E_BASELINE", "GEMM_N", "REDUCED", "QUICK", "SCALE_ORDER",
     "WEIGHTS_NOTE", "BenchConfig", "Group", "format_e2e_table", "plot_e2e", "run_e2e",
     "Runner", "append_csv_atomic", "bench_text", "cli", "config_from_args", "cpu_name", "environment",
     "format_table", "gemm_runners", "interleaved_rounds", "link_coco128", "lvis_names", "main", "measure_gemm",

@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from yw_ext.bench.config import BACKENDS, BenchConfig, as_bool, quick_config
+from yw_ext.bench.config import DEFAULT_BACKENDS, BenchConfig, as_bool, quick_config
 from yw_ext.bench.suite import run
 
 KEEP_AS_GIVEN = ("out", "name", "encoder", "device", "data", "images")
@@ -31,7 +31,7 @@ def _parser(d: BenchConfig) -> argparse.ArgumentParser:
     ap.add_argument("--imgsz", help="image sizes (default 640)")
     ap.add_argument("--batch", help="batch sizes (default 1)")
     ap.add_argument("--ks", help="vocabulary sizes (default 1,10,80,365,1203)")
-    ap.add_argument("--backends", help=f"default all: {','.join(BACKENDS)}")
+    ap.add_argument("--backends", help=f"default all but seg: {','.join(DEFAULT_BACKENDS)}")
     ap.add_argument("--pairs", type=int, help="timed rounds (default 10)")
     ap.add_argument("--warmup", type=int, help="untimed rounds (default 2)")
     ap.add_argument("--gap", type=float, help="seconds of idle before each timed sample (default 0.05)")
@@ -47,6 +47,8 @@ def _parser(d: BenchConfig) -> argparse.ArgumentParser:
     ap.add_argument("--data", help="calibration dataset YAML (TensorRT INT8)")
     ap.add_argument("--out", help="output folder (default benchmarks/results)")
     ap.add_argument("--name", help="output file stem (default bench / bench_quick / bench_e2e)")
+    ap.add_argument("--seg", action="store_true", default=None,
+                    help="add the seg backends: pt_seg, ort_seg vs YOLOE-seg (yoloe_seg, yoloe_seg_onnx)")
     ap.add_argument("--e2e", action="store_true", default=None, help="end-to-end predict throughput (yw_ext.bench.e2e)")
     ap.add_argument("--e2e-images", type=int, dest="e2e_images", help="images of the e2e passes (default 128)")
     ap.add_argument("--images", help="image folder of the e2e passes (default ../shared/data/coco128/images/val2017)")

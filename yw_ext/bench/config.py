@@ -8,6 +8,8 @@ Examples:
     [1, 80, 1203]
     >>> BASELINE["ort_fixed"]
     'ultralytics_onnx'
+    >>> SEG_VS_DET["ort_seg"]
+    'ort_fixed'
 """
 
 from __future__ import annotations
@@ -18,11 +20,21 @@ from typing import Any
 
 WEIGHTS_NOTE = "random (latency does not depend on weight values)"
 BACKENDS = ("ultralytics", "pt_eager", "pt_folded", "pt_folded_max", "ultralytics_onnx", "ort_fixed", "ort_max",
-            "ort_dynvocab", "trt_fp16", "trt_int8")  # fmt: skip
+            "ort_dynvocab", "trt_fp16", "trt_int8", "yoloe_seg", "pt_seg", "yoloe_seg_onnx", "ort_seg")  # fmt: skip
+SEG_BACKENDS = ("yoloe_seg", "pt_seg", "yoloe_seg_onnx", "ort_seg")
+"""Segmentation backends (``seg=True`` / ``--seg`` adds them; not in the default run): yw_ext's YOLO-World-Seg, folded,
+in PyTorch and ONNX Runtime, and Ultralytics' YOLOE-seg of the same scale (``yoloe-v8<scale>-seg.yaml``)."""
+DEFAULT_BACKENDS = tuple(b for b in BACKENDS if b not in SEG_BACKENDS)
 BASELINE = {"ultralytics": "ultralytics", "pt_eager": "ultralytics", "pt_folded": "ultralytics",
             "pt_folded_max": "ultralytics", "ultralytics_onnx": "ultralytics", "ort_fixed": "ultralytics_onnx",
             "ort_max": "ultralytics_onnx", "ort_dynvocab": "ultralytics_onnx", "trt_fp16": "ultralytics",
-            "trt_int8": "ultralytics"}  # fmt: skip
+            "trt_int8": "ultralytics", "yoloe_seg": "yoloe_seg", "pt_seg": "yoloe_seg",
+            "yoloe_seg_onnx": "yoloe_seg", "ort_seg": "yoloe_seg_onnx"}  # fmt: skip
+SEG_VS_DET = {"pt_seg": "pt_folded", "ort_seg": "ort_fixed"}
+"""``seg_vs_det`` rows: each yw_ext seg backend against the detection backend of the same scale and runtime."""
+PARITY_REF = {"yoloe_seg": None, "yoloe_seg_onnx": "yoloe_seg"}
+"""Whose output ``max_score_diff`` compares a backend with (default ``ultralytics``; None: not compared, another
+network). Seg outputs ``(B, 4 + K + nm, A)`` are compared on their class-score channels with a detection reference."""
 REDUCED = ("pt_folded_max", "ort_max")
 """Backends whose output is each anchor's best class only, ``(B, 6, A)`` (``scores="max"``, see ``yw_ext.nn.rep``)."""
 SCALE_ORDER = ("n", "s", "m", "l", "x", "xl")
@@ -46,8 +58,8 @@ class BenchConfig:
         imgsz: Image sizes.
         batch: Batch sizes.
         ks: Vocabulary sizes K.
-        backends: Backends (``BACKENDS``); the baselines ``ultralytics`` and ``ultralytics_onnx`` are added when a
-            backend compared with them is listed.
+        backends: Backends (``BACKENDS``; default ``DEFAULT_BACKENDS``, no seg); each listed backend brings its
+            baseline (``BASELINE``) and a seg backend its detection counterpart (``SEG_VS_DET``).
         pairs: Timed rounds per group (each gives one pair for every ratio).
         warmup: Untimed rounds first.
         reps: Back-to-back calls per sample (the fastest counts: the first call after the idle ``gap`` wakes the
@@ -69,6 +81,7 @@ class BenchConfig:
         name: File stem of the outputs (default ``bench`` / ``bench_quick``).
         quick: Set by ``quick_config``; recorded in the output names.
         seed: Random seed of weights, embeddings and inputs.
+        seg: Add the segmentation backends ``SEG_BACKENDS`` (seg vs det and yw_ext vs YOLOE-seg rows).
         e2e: Measure end-to-end ``predict`` throughput instead (``yw_ext.bench.e2e``; stem ``bench_e2e``).
         e2e_images: Images of the e2e passes (the first, sorted, of ``images``).
         images: Image folder of the e2e passes (default ``../shared/data/coco128/images/val2017``).
@@ -83,7 +96,7 @@ class BenchConfig:
     imgsz: list[int] = dataclasses.field(default_factory=lambda: [640])
     batch: list[int] = dataclasses.field(default_factory=lambda: [1])
     ks: list[int] = dataclasses.field(default_factory=lambda: [1, 10, 80, 365, 1203])
-    backends: list[str] = dataclasses.field(default_factory=lambda: list(BACKENDS))
+    backends: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_BACKENDS))
     pairs: int = 10
     warmup: int = 2
     reps: int = 2
@@ -102,6 +115,7 @@ class BenchConfig:
     name: str | None = None
     quick: bool = False
     seed: int = 0
+    seg: bool = False
     e2e: bool = False
     e2e_images: int = 128
     images: str | None = None
@@ -113,12 +127,16 @@ class BenchConfig:
         self.batch = [int(v) for v in as_list(self.batch)]
         self.ks = sorted({int(v) for v in as_list(self.ks)})
         self.backends = [str(b) for b in as_list(self.backends)]
+        self.seg = as_bool(self.seg)
+        if self.seg:
+            self.backends += [b for b in SEG_BACKENDS if b not in self.backends]
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown:
             raise ValueError(f"unknown backend(s) {unknown}; available: {', '.join(BACKENDS)}.")
         bad = [s for s in self.scales if s not in SCALE_ORDER]
         if bad:
             raise ValueError(f"unknown model size(s) {bad}; available: {', '.join(SCALE_ORDER)}.")
+        self.backends += [d for b, d in SEG_VS_DET.items() if b in self.backends and d not in self.backends]
         for _ in range(2):  # every compared backend brings its baseline (and the ONNX baseline brings its own)
             self.backends += [BASELINE[b] for b in self.backends if BASELINE[b] not in self.backends]
         self.backends = [b for b in BACKENDS if b in self.backends]
@@ -185,6 +203,7 @@ def quick_config(**overrides: Any) -> BenchConfig:
     return BenchConfig(**{**QUICK, "quick": True, **overrides})
 
 
-__all__ = ["BACKENDS", "BASELINE", "COLUMNS", "REDUCED", "GEMM_N", "QUICK", "SCALE_ORDER", "WEIGHTS_NOTE",
+__all__ = ["BACKENDS", "BASELINE", "COLUMNS", "DEFAULT_BACKENDS", "REDUCED", "GEMM_N", "QUICK", "SCALE_ORDER",
+           "PARITY_REF", "SEG_BACKENDS", "SEG_VS_DET", "WEIGHTS_NOTE",
            "BenchConfig",
            "as_bool", "as_list", "quick_config"]  # fmt: skip

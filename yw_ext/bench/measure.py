@@ -2,7 +2,8 @@
 """Measuring one group (``models.Group``): output parity, interleaved timing with the GEMM ceiling, K growth, memory.
 
 ``measure_group`` returns the group's CSV rows: one ``latency`` row per (K, backend) (ratios are medians of per-round
-ratios against the backend's baseline) and one ``k_growth`` row per (backend, K other than the reference K).
+ratios against the backend's baseline), one ``k_growth`` row per (backend, K other than the reference K) and one
+``seg_vs_det`` row per (yw_ext seg backend, K).
 
 Examples:
     >>> rows = measure_group(group, environment(2))  # doctest: +SKIP
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from yw_ext.bench.config import BACKENDS, BASELINE, GEMM_N, REDUCED
+from yw_ext.bench.config import BACKENDS, BASELINE, GEMM_N, PARITY_REF, REDUCED, SEG_VS_DET
 from yw_ext.bench.memory import memory_in_subprocess
 from yw_ext.bench.models import Group
 from yw_ext.bench.records import rounded, spread
@@ -26,7 +27,8 @@ Samples = dict[Hashable, list[float]]
 
 
 def output_diffs(group: Group) -> dict[tuple[str, int], float]:
-    """Largest class-score difference of each runner's output vs the Ultralytics baseline's at the same K.
+    """Largest class-score difference of each runner's output vs the Ultralytics baseline's at the same K (or the
+    reference of ``PARITY_REF``; none for a backend whose reference is None).
 
     This is also each runner's first (warm-up) call; a runner whose call fails is removed and recorded as an error.
 
@@ -44,15 +46,30 @@ def output_diffs(group: Group) -> dict[tuple[str, int], float]:
                 except Exception as e:  # noqa: BLE001 - recorded, the run goes on without it
                     del group.runners[(b, k)]
                     group.note(b, k, "error", f"{type(e).__name__}: {e}"[:300])
-        ref = outs.get("ultralytics")
         for b, y in outs.items():
-            if ref is None:
-                continue
-            if b in REDUCED and y.ndim == 3 and y.shape[1] == 6 and y.shape[2] == ref.shape[2]:  # best score only
-                diffs[(b, k)] = float(np.abs(y[:, 4] - ref[:, 4:].max(1)).max())
-            else:
-                diffs[(b, k)] = float(np.abs(y[:, 4:] - ref[:, 4:]).max()) if y.shape == ref.shape else float("nan")
+            ref = outs.get(PARITY_REF.get(b, "ultralytics"))
+            if ref is not None:
+                diffs[(b, k)] = score_diff(y, ref, b in REDUCED)
     return diffs
+
+
+def score_diff(y: np.ndarray, ref: np.ndarray, reduced: bool = False) -> float:
+    """Largest class-score difference of an output ``y`` to the reference ``ref`` ``(B, 4 + K, A)``.
+
+    ``reduced``: ``y`` is ``(B, 6, A)`` (each anchor's best score, ``scores="max"``). A seg output
+    ``(B, 4 + K + nm, A)`` is compared on its K score channels with a detection reference. NaN when the shapes do not
+    match.
+
+    Examples:
+        >>> ref = np.zeros((1, 6, 5)); seg = np.zeros((1, 38, 5)); seg[:, 4, 0] = 0.5
+        >>> score_diff(seg, ref), score_diff(np.zeros((1, 6, 4)), ref)
+        (0.5, nan)
+    """
+    if reduced and y.ndim == 3 and y.shape[1] == 6 and y.shape[2] == ref.shape[2]:  # best score only
+        return float(np.abs(y[:, 4] - ref[:, 4:].max(1)).max())
+    if y.ndim == 3 and y.shape[0] == ref.shape[0] and y.shape[2] == ref.shape[2] and y.shape[1] >= ref.shape[1]:
+        return float(np.abs(y[:, 4:ref.shape[1]] - ref[:, 4:]).max())  # seg: the mask coefficients come after
+    return float("nan")
 
 
 def group_memory(group: Group) -> dict[tuple[str, int], dict]:
@@ -146,6 +163,25 @@ def growth_rows(group: Group, base: dict[str, Any], samples: Samples) -> list[di
     return rows
 
 
+def seg_rows(group: Group, base: dict[str, Any], samples: Samples) -> list[dict]:
+    """``seg_vs_det`` rows: per K, each yw_ext seg backend's latency / its detection counterpart's (``SEG_VS_DET``,
+    per-round ratios).
+
+    Examples:
+        >>> [r["baseline"] for r in seg_rows(group, {}, samples)][:1]  # doctest: +SKIP
+        ['pt_folded']
+    """
+    cfg, rows = group.cfg, []
+    for b, det in SEG_VS_DET.items():
+        for k in cfg.ks:
+            if (b, k) in samples and (det, k) in samples:
+                s = ratio_stats(samples[(b, k)], samples[(det, k)])
+                rows.append({**base, "kind": "seg_vs_det", "K": k, "backend": b, "status": "ok",
+                             "note": f"seg latency / {det} (detection, same scale and runtime)", "pairs": cfg.pairs,
+                             "reps": cfg.reps, "baseline": det, **spread(s, 4)})  # fmt: skip
+    return rows
+
+
 def measure_group(group: Group, env: dict[str, Any]) -> list[dict]:
     """Parity check, interleaved timing, memory and K growth of a built group; returns its rows.
 
@@ -176,7 +212,7 @@ def measure_group(group: Group, env: dict[str, Any]) -> list[dict]:
                 if (b, k) in mem:
                     row.update(_memory_cells(row, mem[(b, k)]))
             rows.append(row)
-    return rows + growth_rows(group, base, samples)
+    return rows + growth_rows(group, base, samples) + seg_rows(group, base, samples)
 
 
-__all__ = ["group_memory", "growth_rows", "measure_group", "output_diffs", "time_group"]
+__all__ = ["group_memory", "growth_rows", "measure_group", "output_diffs", "score_diff", "seg_rows", "time_group"]

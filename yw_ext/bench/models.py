@@ -3,8 +3,9 @@
 
 A group is one (model size, image size, batch). For every K, the Ultralytics ``YOLOWorld`` of that size gets random
 weights (``randomize_``), is saved as a ``.pt`` and loaded back as a user loads it; the yw_ext model loads the same
-state dict and vocabulary, and each backend (``config.BACKENDS``) becomes a ``Runner``. A backend that cannot be built
-is recorded (``skipped`` / ``error`` with the reason) and left out; the run goes on.
+state dict and vocabulary, and each backend (``config.BACKENDS``) becomes a ``Runner`` (the seg backends through a
+builder the suite adds, ``seg_models.add_seg_runners``). A backend that cannot be built is recorded (``skipped`` /
+``error`` with the reason) and left out; the run goes on.
 
 Examples:
     >>> import torch
@@ -189,6 +190,8 @@ class Group:
         self.xn = self.x.numpy()
         self.sync = cuda_sync(self.device)
         self._dyn: Any = None  # the dynamic-vocabulary session, shared by every K
+        self.builders: list[Callable[..., None]] = []
+        """More runners per K: ``build(group, k, emb, det_state_dict, folder, export_kwargs)`` after the others."""
 
     def build(self) -> None:
         """Build every (backend, K) runner; a backend that fails is recorded as an error and left out.
@@ -298,6 +301,8 @@ class Group:
             if "ort_dynvocab" in cfg.backends:
                 self._attempt("ort_dynvocab", k, lambda: self._dyn_runner(m.ours, emb, m.gf_text, k, ekw))
             self._trt(m.ours, m.gf_folded, k, d, ekw)
+            for build in self.builders:  # e.g. seg_models.add_seg_runners
+                build(self, k, emb, m.ultralytics.model.state_dict(), d, ekw)
 
     def _dyn_runner(self, ours: Any, emb: torch.Tensor, gflops: float, k: int, ekw: dict) -> Runner:
         if self._dyn is None:  # one file serves every K

@@ -48,7 +48,7 @@ def _latency_line(r: dict) -> str:
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    """Markdown tables of the latency, K-growth, GEMM and text rows.
+    """Markdown tables of the latency, K-growth and seg-vs-det, GEMM and text rows.
 
     Examples:
         >>> format_table([]).splitlines()[0][:39]
@@ -58,7 +58,7 @@ def format_table(rows: Sequence[dict]) -> str:
             "of GEMM | peak MB (+run) | status |")
     out = [head, "|" + "---|" * 14]
     out += [_latency_line(r) for r in rows if r.get("kind") == "latency"]
-    growth = [r for r in rows if r.get("kind") == "k_growth"]
+    growth = [r for r in rows if r.get("kind") in {"k_growth", "seg_vs_det"}]
     if growth:
         out += ["", "| model | imgsz | batch | backend | K | latency / latency at | ratio [min-max] |",
                 "|" + "---|" * 7]

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from yw_ext.bench.config import GEMM_N, WEIGHTS_NOTE, BenchConfig
+from yw_ext.bench.config import GEMM_N, SEG_BACKENDS, WEIGHTS_NOTE, BenchConfig
 from yw_ext.bench.measure import measure_group
 from yw_ext.bench.models import Group
 from yw_ext.bench.records import environment, rounded, write_atomic, write_csv_atomic
 from yw_ext.bench.report import format_e2e_table, format_table, plot_e2e, plot_latency_vs_k, plot_latency_vs_size
+from yw_ext.bench.seg_models import add_seg_runners
 from yw_ext.bench.text_bench import bench_text
 from yw_ext.bench.timing import measure_gemm
 
@@ -55,6 +56,8 @@ def group_rows(cfg: BenchConfig, env: dict[str, Any]) -> list[dict]:
                 print(f"building {scale}/{imgsz}/b{batch}: K = {cfg.ks}, backends {cfg.backends} ...", flush=True)
                 with tempfile.TemporaryDirectory(prefix="yw_bench_") as td:
                     group = Group(cfg, scale, imgsz, batch, Path(td))
+                    if any(b in cfg.backends for b in SEG_BACKENDS):
+                        group.builders.append(add_seg_runners)
                     group.build()
                     rows += measure_group(group, env)
                     del group
