@@ -13,8 +13,8 @@ The page (served on ``127.0.0.1`` by default) has:
 
   classes with image prompts use ``n(alpha * text + (1 - alpha) * image)`` (``alpha`` slider); with the class box
   empty the classes are the image-prompt classes, image only (as ``yw predict prompt_images=...``);
-- confidence and IoU sliders; outputs: the annotated image (``Results.plot()``) and a table of detections (class,
-  confidence, x1, y1, x2, y2 in pixels of the input image);
+- confidence and IoU sliders; outputs: the annotated image (``Results.plot()``: boxes, and the instance masks of a
+  YOLO-World-Seg model) and a table of detections (class, confidence, x1, y1, x2, y2 in pixels of the input image);
 - buttons that export the page's vocabulary as a prompt file (``.npz``: ``YOLOWorld.save_prompts``, the format of
   ``yw_ext.prompts``, read back by ``YOLOWorld.load_prompts``) and as a folded ONNX model (a copy of the model,
   ``reparameterize()``, ``export(format="onnx")``).
@@ -498,6 +498,8 @@ class Demo:
         kinds = ", ".join(f"{n} ({s})" for n, s in zip(names, sources)) if sources else ", ".join(names)
         status = (f"{_plural(len(rows), 'detection')} in {_name_of(image)} "
                   f"({im.shape[1]} x {im.shape[0]}), {dt * 1000:.0f} ms. Classes: {kinds}.")
+        if r.masks is not None:  # a YOLO-World-Seg model: Results.plot() drew each detection's mask
+            status += f" {_plural(len(r.masks), 'mask')} shown (segmentation model)."
         return np.ascontiguousarray(plot), rows, status
 
     def export_prompts(self, classes: str | None, prompts: str | None = None, image: str | None = None,

@@ -124,6 +124,43 @@ def _seg_trainer(yolo: Any, trainer: Any) -> Any:
     return trainer
 
 
+def _pretrained_start(net: torch.nn.Module, pretrained: str | Path) -> torch.nn.Module:
+    """The network a run with ``pretrained=<checkpoint>`` starts from: a copy of ``net`` with the checkpoint's tensors.
+
+    The checkpoint is read by yw_ext's loaders (``yw_ext.checkpoints.load_model``: yw_ext / Ultralytics world ``.pt``
+    read safely, official ``.pth`` converted, ``.safetensors``; a known weights name or alias is resolved as for
+    ``YOLOWorld(...)``), and every tensor that matches by name and shape is copied (Ultralytics' ``load``). A detection
+    checkpoint thus fills a seg model's detector, and the mask branch keeps the weights ``net`` has (fresh ones for a
+    model built from a YAML). ``net`` is not modified.
+
+    Raises:
+        ValueError: no tensor of the checkpoint fits ``net`` (another architecture).
+
+    Examples:
+        >>> start = _pretrained_start(YOLOWorld("yw-v2-seg-n.yaml").model, "det.pt")  # doctest: +SKIP
+    """
+    from copy import deepcopy
+
+    from yw_ext.checkpoints import load_model
+
+    src = load_model(resolve_source(pretrained))
+    start = deepcopy(net)
+    dst, csd = start.state_dict(), src.state_dict()
+    fits = [k for k, v in csd.items() if k in dst and dst[k].shape == v.shape]
+    if not fits:
+        raise ValueError(f"pretrained='{pretrained}': none of its {len(csd)} tensors fits this model "
+                         f"({type(net).__name__} from {getattr(net, 'yaml', {}).get('yaml_file', 'a YAML')}); "
+                         "give a checkpoint of the same architecture and scale.")
+    start.load(src, verbose=False)
+    branch = start.mask_prefixes() if hasattr(start, "mask_prefixes") else ()
+    fresh = [k for k in dst if k not in csd and k.startswith(branch)] if branch else []
+    other = [k for k in dst if k not in fits and k not in fresh]
+    LOGGER.info(f"pretrained={pretrained}: {len(fits)}/{len(dst)} tensors loaded"
+                + (f", mask branch not in it ({len(fresh)} tensors, kept as built)" if fresh else "")
+                + (f"; {len(other)} kept as built (no match): {other[:3]}" if other else "") + ".")
+    return start
+
+
 class YOLOWorld(Model):
     """YOLO-World open-vocabulary detector on the Ultralytics engine.
 
@@ -543,6 +580,9 @@ class YOLOWorld(Model):
                 source) and ``jitter`` (default ``(0.8, 1.5)``): see ``yw_ext.engine.image_prompt_trainer``.
                 ``resume=True`` on a ``last.pt`` (or ``resume="last.pt"``) continues that run in the mode it was
                 started in (``finetune`` or ``rep``; ``prompt`` / ``image_prompt`` runs cannot be resumed).
+                ``pretrained="det.pt"`` starts from that checkpoint's tensors (any file or name ``YOLOWorld`` loads,
+                read by yw_ext's loaders), matched by name and shape: on a seg model built from a seg YAML, a
+                detection checkpoint gives the detector and the mask branch starts fresh.
 
         Returns:
             Validation metrics of best.pt (``DetMetrics``); the model is then best.pt, with the dataset vocabulary.
@@ -562,6 +602,7 @@ class YOLOWorld(Model):
             ...             "json_file": "flickr/final_flickr_separateGT_train.json"}], freeze=10)  # doctest: +SKIP
             >>> model.train(data="coco128.yaml", mode="prompt", init="random", adapter=True)  # doctest: +SKIP
             >>> model.train(data="coco128.yaml", mode="image_prompt", clip="ViT-B-32.pt")  # doctest: +SKIP
+            >>> YOLOWorld("yw-v2-seg-s.yaml").train(data="my-seg.yaml", pretrained="det.pt")  # doctest: +SKIP
         """
         from yw_ext.engine.grounding import mixed_data
         from yw_ext.engine.modes import get_trainer, resume_mode
@@ -575,6 +616,10 @@ class YOLOWorld(Model):
         if getattr(trainer, "tunes_prompts", False):  # prompt / image_prompt: the detector stays this object, unchanged
             from yw_ext.engine.prompt_trainer import train_prompts
 
+            if isinstance(kwargs.get("pretrained"), (str, Path)):
+                raise ValueError(f"pretrained= does not apply to mode='{getattr(trainer, 'mode_name', 'prompt')}', "
+                                 "which tunes prompts for this model's own detector: load the detector first, "
+                                 f"YOLOWorld('{kwargs['pretrained']}').")
             if grounding_data is not None:
                 raise ValueError(f"mode='{getattr(trainer, 'mode_name', 'prompt')}' trains against the dataset's "
                                  "classes with the detector frozen; grounding_data needs the text path of "
@@ -586,16 +631,23 @@ class YOLOWorld(Model):
                 raise ValueError(f"{key}= applies to mode='{where}' (or drop {key}=).")
         if grounding_data is not None:
             kwargs["data"] = mixed_data(kwargs.get("data") or self.overrides.get("data"), grounding_data)
+        own, start = self.model, None
+        if isinstance(kwargs.get("pretrained"), (str, Path)) and not kwargs.get("resume"):
+            check_is_pytorch_model(self)  # yw_ext's loaders read it (Ultralytics' would not convert or read safely)
+            start, kwargs["pretrained"] = _pretrained_start(self.model, kwargs["pretrained"]), True
         had_ckpt = self.ckpt
         if not self.ckpt and isinstance(self.model, torch.nn.Module):
             # A model built from a YAML here (scale / embed_dim resolved by yw_ext): make Model.train hand it to the
             # trainer (get_model(cfg=model.yaml, weights=model)) instead of rebuilding from the bare YAML name.
             self.ckpt = {"yw_ext": "model built from YAML"}
         try:
+            self.model = start if start is not None else self.model  # Model.train seeds the run from self.model
             return super().train(trainer=trainer, **kwargs)
         finally:
             if self.ckpt == {"yw_ext": "model built from YAML"}:
                 self.ckpt = had_ckpt
+            if start is not None and self.model is start:  # failed before the trainer took the model over
+                self.model = own
 
     def val(self, validator: Any = None, image_prompts: int | None = None, fixed_ap: bool | None = None,
             max_per_class: int | None = None, fold: bool | None = None, **kwargs: Any):  # fmt: skip

@@ -29,6 +29,10 @@ a path to a ``.npy`` ``(K, D)`` / ``(K, G, D)`` array or a prompt file ``.npz`` 
 embeddings (the adapter's weights take ``weight_decay``), no gradient accumulation unless ``nbs`` is given.
 Resume and multi-GPU (DDP) training are not supported in this mode.
 
+A YOLO-World-Seg model tunes the prompts of its detector part (``YWSegmentationModel.detector_part``: box, class and
+DFL losses on the dataset's boxes, polygons read as their boxes; the class scores do not depend on the mask branch).
+The seg model itself stays unchanged, the prompt files name it (path and hash), and with them it predicts masks.
+
 Examples:
     >>> from yw_ext import YOLOWorld
     >>> model = YOLOWorld("best.pt")  # a trained detector  # doctest: +SKIP

@@ -21,11 +21,8 @@ import torch
 from yw_ext.engine.seg_predict import YWSegValidator
 from yw_ext.engine.trainer import RUN_KEYS, YWTrainer
 from yw_ext.nn.build import load_model_cfg
-from yw_ext.nn.seg import YWSegmentationModel, is_seg_cfg
+from yw_ext.nn.seg import MASK_BRANCH, YWSegmentationModel, is_seg_cfg
 from yw_ext.seam import LOGGER, RANK, ModelEMA, unwrap_model
-
-MASK_BRANCH = ("proto", "cv5")
-"""Attribute names of the seg head's mask branch (everything else is the detector)."""
 
 
 class SegDataError(ValueError):
@@ -139,8 +136,7 @@ class YWSegHeadTrainer(YWSegTrainer):
 
     def mask_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes of the mask branch (``model.<head>.proto.``, ``model.<head>.cv5.``)."""
-        i = len(unwrap_model(self.model).model) - 1
-        return tuple(f"model.{i}.{k}." for k in MASK_BRANCH)
+        return unwrap_model(self.model).mask_prefixes()
 
     def _setup_train(self) -> None:
         """Ultralytics' set-up with every detector layer frozen, then the mask-branch EMA and a frozen-ness check."""

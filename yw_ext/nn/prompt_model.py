@@ -110,7 +110,8 @@ class PromptTuningModel(YWDetectionModel):
         """A frozen copy of ``detector`` with learnable class embeddings.
 
         Args:
-            detector: The trained detector (copied, not modified).
+            detector: The trained detector (copied, not modified). A YOLO-World-Seg model gives its detector part
+                (``YWSegmentationModel.detector_part``): the mask branch takes no part in prompt tuning.
             embeddings: Initial embeddings ``(K * G, D)``.
             names: K class names.
             prompts_per_class: G.
@@ -131,6 +132,8 @@ class PromptTuningModel(YWDetectionModel):
         """
         if isinstance(detector, PromptTuningModel):
             detector = detector.to_detector()
+        if hasattr(detector, "detector_part"):  # a YOLO-World-Seg model: tune against its detector (no mask branch)
+            detector = detector.detector_part()
         if not isinstance(detector, YWDetectionModel):
             raise TypeError(f"prompt tuning needs a yw_ext YWDetectionModel, got {type(detector).__name__}.")
         if getattr(detector, "folded", False):

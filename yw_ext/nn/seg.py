@@ -22,11 +22,15 @@ import torch
 from torch import nn
 
 from yw_ext.nn.model import YWDetectionModel
+from yw_ext.nn.prompt_model import copy_network
 from yw_ext.nn.rep import RepWorldDetect
 from yw_ext.seam import BNContrastiveHead, Conv, Proto, WorldDetect, initialize_weights, v8SegmentationLoss
 
 SEG_KEY = "segment"
 """Model-YAML key marking a segmentation model: ``[nm, npr]`` (mask coefficients, prototype hidden width)."""
+
+MASK_BRANCH = ("proto", "cv5")
+"""Attribute names of the seg head's mask branch (everything else is the detector)."""
 
 
 def is_seg_cfg(cfg: Any) -> bool:
@@ -202,6 +206,36 @@ class YWSegmentationModel(YWDetectionModel):
         self.task = "segment"
         if verbose:
             self.info()
+
+    def mask_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of the mask branch (``model.<head>.proto.``, ``model.<head>.cv5.``).
+
+        Examples:
+            >>> YWSegmentationModel("yw-v2-seg-n.yaml", verbose=False).mask_prefixes()
+            ('model.22.proto.', 'model.22.cv5.')
+        """
+        return tuple(f"model.{len(self.model) - 1}.{k}." for k in MASK_BRANCH)
+
+    def detector_part(self) -> YWDetectionModel:
+        """This model without its mask branch: a ``YWDetectionModel`` holding bitwise copies of the detector tensors.
+
+        Built from this model's YAML without the ``segment`` key (the network ``YOLOWorld.to_seg`` starts from), fused
+        when this model is, on its device and dtype, with its encoder states and vocabulary; this model is not
+        modified. Prompt tuning trains against it (the class scores do not depend on the mask branch).
+
+        Examples:
+            >>> m = YWSegmentationModel("yw-v2-seg-n.yaml", verbose=False)
+            >>> type(m.detector_part().model[-1]).__name__
+            'WorldDetect'
+        """
+        prefixes = self.mask_prefixes()
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith(prefixes)}
+        det = copy_network(YWDetectionModel, self, state)
+        det.yaml.pop(SEG_KEY, None)
+        det.task = "detect"
+        if self.vocab is not None:
+            det.install_vocabulary(self.vocab)
+        return det
 
     def init_criterion(self):
         """Ultralytics' segmentation loss (box, seg, cls, dfl)."""
