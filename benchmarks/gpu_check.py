@@ -19,6 +19,11 @@ built from random weights with randomised BatchNorm (``yw_ext.bench.randomize_``
   in the ``note``): FP16 class scores within 2e-2 and boxes within 1 px (NMS outputs: every detection scoring
   0.05 above ``conf`` on either side matched, same class, IoU >= 0.5, within those bounds); INT8 differences are
   reported, not bounded; the dynamic engines at K = 3, 80 and 1203 from one engine;
+- YOLO-World-Seg (``seg``, for the ``--nms-scales`` sizes): ``yw-v2-seg-<size>`` with random, conditioned weights and
+  K = 80, ``YOLOWorld.export(format="engine", half=True, nms=True)`` (the seg ONNX with graph NMS and the kept boxes'
+  mask coefficients, through the same builder) against ONNX Runtime on that ONNX (NMS rows with the detection
+  bounds, prototypes reported), and ``Detector`` masks on the engine against ``Detector`` on the ONNX over the images
+  (matched detections' per-instance mask IoU >= ``SEG_MASK_IOU``);
 - runs ``yw_ext.runtime.Detector`` on the engines over a list of images (more than the engine's batch: chunking)
   and compares with ``Detector`` on the ONNX;
 - times, interleaved (median of per-round samples, each the fastest of ``--reps`` calls; device-resident inputs,
@@ -70,7 +75,8 @@ COCO128 = ROOT.parent / "shared" / "data" / "coco128"
 SCORE_TOL, BOX_TOL = 2e-2, 1.0  # FP16 engine vs FP32 reference: class scores, box pixels (network input)
 NMS_CONF, NMS_IOU, MARGIN = 0.1, 0.7, 0.05
 PROMPTS = (1, 80, 1203)
-SKIPPABLE = ("api", "nms", "detector", "latency", "ddp", "int8")
+SKIPPABLE = ("api", "nms", "seg", "detector", "latency", "ddp", "int8")
+SEG_MASK_IOU = 0.9  # FP16 seg engine vs ONNX Runtime: smallest per-instance mask IoU of matched detections
 TARGETS = {"ours/ultralytics K=80": 1.0, "ours/ultralytics K=1203": 0.8, "dynamic/fixed K=80": 1.15,
            "l FP16 ms": 1.5}  # fmt: skip
 ENV_COLUMNS = ("date", "yw_ext", "torch", "ultralytics", "onnxruntime", "tensorrt", "cuda", "device", "gpus")
@@ -339,8 +345,8 @@ def latency_rows(samples: dict[str, list[float]], scale: str) -> list[dict[str, 
 # ------------------------------------------------------------------------------------------------- the check list
 @dataclass
 class Item:
-    """One entry of the check list: ``name`` (``engine_api``, ``engine``, ``detector``, ``latency``, ``ddp``), the
-    model size, engine variant (``fixed80``, ``dynamic``, ``nms``, ``efficient``) and precision."""
+    """One entry of the check list: ``name`` (``engine_api``, ``engine``, ``seg``, ``detector``, ``latency``,
+    ``ddp``), the model size, engine variant (``fixed80``, ``dynamic``, ``nms``, ``efficient``) and precision."""
 
     name: str
     scale: str | None = None
@@ -353,7 +359,7 @@ class Item:
         """A rough estimate of its seconds on an H200 (an item that would end past ``--budget`` is not run)."""
         build = {"n": 15, "s": 25, "m": 35, "l": 50, "x": 70}.get(self.scale or "s", 40)  # typical, not worst
         return {"engine": build * (1.5 if self.precision == 8 else 1.0), "engine_api": build, "detector": 20,
-                "latency": 2 * build + 40, "ddp": 60}.get(self.name, 40)
+                "latency": 2 * build + 40, "ddp": 60, "seg": 1.5 * build + 20}.get(self.name, 40)
 
 
 def check_list(args: argparse.Namespace, gpus: int) -> list[Item]:
@@ -374,6 +380,8 @@ def check_list(args: argparse.Namespace, gpus: int) -> list[Item]:
         items += [Item("engine", scale, "fixed80", 16), Item("engine", scale, "dynamic", 16)]
         if scale in args.nms_scales and "nms" not in skip:
             items += [Item("engine", scale, "nms", 16), Item("engine", scale, "efficient", 16)]
+            if "seg" not in skip:
+                items.append(Item("seg", scale, "nms", 16))
         if scale == first and "detector" not in skip:
             items.append(Item("detector", scale))
     if "latency" not in skip:
@@ -610,6 +618,81 @@ def item_detector(run: Run, item: Item) -> list[dict]:
     return rows
 
 
+def matched_mask_ious(want: Any, got: Any) -> list[float]:
+    """Per-instance mask IoU of the detections of ``got`` matched in ``want`` (``Detections`` with ``masks``): same
+    class, the largest box IoU, at least 0.5.
+
+    Examples:
+        >>> from yw_ext.runtime.ops import Detections
+        >>> m = np.zeros((1, 8, 8), bool); m[0, 2:6, 2:6] = True
+        >>> a = Detections(np.array([[2.0, 2, 6, 6]]), np.array([0.9]), np.array([1]), masks=m)
+        >>> matched_mask_ious(a, a)
+        [1.0]
+    """
+    out = []
+    for box, cls, mask in zip(got.boxes, got.class_ids, got.masks):
+        same = np.flatnonzero(want.class_ids == cls)
+        if not len(same):
+            continue
+        ious = _iou(box, want.boxes[same])
+        if ious.max() < 0.5:
+            continue
+        ref = want.masks[same[int(ious.argmax())]]
+        union = np.logical_or(mask, ref).sum()
+        out.append(float(np.logical_and(mask, ref).sum() / union) if union else 1.0)
+    return out
+
+
+def seg_model(scale: str, seed: int, x: np.ndarray) -> Any:
+    """``yw-v2-seg-<scale>`` with random, conditioned weights and K = 80. Random prototypes are nearly flat, so every
+    mask would be its whole box or empty: as ``tests/test_seg.py``'s ``_spread_masks_``, the prototype conv is
+    amplified and the coefficient biases made orthogonal to the mean prototype on ``x`` (masks vary inside boxes)."""
+    import torch
+
+    import yw_ext
+    from yw_ext.bench import randomize_
+
+    torch.manual_seed(seed)
+    seg = yw_ext.YOLOWorld(f"yw-v2-seg-{scale}.yaml")
+    condition_head_(randomize_(seg.model, seed))
+    seg.set_classes([f"class{i}" for i in range(80)], embeddings=embeddings(80, seed))
+    head, g = seg.model.model[-1], torch.Generator().manual_seed(seed + 3)
+    with torch.no_grad():
+        head.proto.cv3.conv.weight.mul_(30.0)
+        (_, proto), _ = seg.model.eval()(torch.from_numpy(x))
+        mu = proto[0].mean((1, 2))  # (nm,) mean prototype
+        for c in head.cv5:
+            b = torch.randn(c[-1].bias.shape, generator=g)
+            c[-1].bias.copy_(b - (b @ mu) / (mu @ mu) * mu)
+    return seg
+
+
+def item_seg(run: Run, item: Item) -> list[dict]:
+    """The seg graph-NMS FP16 engine (``YOLOWorld.export(format="engine")``) vs ONNX Runtime, rows and masks."""
+    from yw_ext.runtime import Detector
+    from yw_ext.runtime.trt import TRTBackend
+
+    seg = seg_model(item.scale, run.args.seed, run.image())
+    kw = {"imgsz": run.args.imgsz, "nms": True, "conf": NMS_CONF, "iou": NMS_IOU}
+    f_onnx = seg.export(format="onnx", out=str(run.work / f"{item.scale}_seg_nms.onnx"), **kw)
+    eng = seg.export(format="engine", half=True, out=str(run.work / f"{item.scale}_seg_nms.engine"), **kw)
+    x = run.image()
+    sess, provider = run.reference(f_onnx)
+    r0, r1 = sess.run(None, {"images": x})
+    o0, o1 = TRTBackend(eng, device=run.args.device).run_all({"images": x})
+    res = compare_outputs(r0[..., :6], o0[..., :6], kind="nms", max_det=r0.shape[1])
+    proto = float(np.abs(r1 - o1).max()) if r1.shape == o1.shape else float("inf")
+    ims = run.images()
+    got, want = Detector(eng, device=run.args.device)(ims, conf=0.25), Detector(f_onnx)(ims, conf=0.25)
+    ious = [v for a, b in zip(want, got) for v in matched_mask_ious(a, b)]
+    n = sum(len(d) for d in want)
+    ok = res["ok"] and r1.shape == o1.shape and len(ious) > 0 and min(ious) >= SEG_MASK_IOU
+    note = (f"vs ONNX Runtime ({provider}); prototypes max diff {proto:.3g}; masks: {len(ious)} of {n} detections "
+            f"matched over {len(ims)} images, IoU min {min(ious, default=float('nan')):.3f} (bound {SEG_MASK_IOU})")
+    return [{"K": 80, "status": "ok" if ok else "fail", "score_max": res["score_max"], "box_max": res["box_max"],
+             "note": note + (f"; {res['reason']}" if res["reason"] else "")}]
+
+
 def ultralytics_engine(run: Run, scale: str, k: int) -> str:
     """Ultralytics' FP16 TensorRT engine of the same weights at K.
 
@@ -686,7 +769,7 @@ def item_ddp(run: Run, item: Item) -> list[dict]:
 
 ITEMS: dict[str, Callable[[Run, Item], list[dict]]] = {
     "engine_api": item_engine_api, "engine": item_engine, "detector": item_detector, "latency": item_latency,
-    "ddp": item_ddp,
+    "ddp": item_ddp, "seg": item_seg,
 }  # fmt: skip
 
 

@@ -179,6 +179,8 @@ class BatchedNMS(nn.Module):
         agnostic: Class-agnostic NMS.
         reduced: The input is ``(B, 6, A)`` ``[box, best score, class]`` (a head with ``score_mode = "max"``), not
             ``(B, 4 + K, A)`` per-class scores.
+        extra: Trailing channels carried through for the kept boxes, not scored (a seg head's ``nm`` mask
+            coefficients): input ``(B, 4 + K + extra, A)``, output ``(B, max_det, 6 + extra)``.
 
     Examples:
         >>> nms = BatchedNMS(conf=0.1, iou=0.5, max_det=3)
@@ -189,21 +191,23 @@ class BatchedNMS(nn.Module):
     """
 
     def __init__(self, conf: float = 0.25, iou: float = 0.7, max_det: int = 300, agnostic: bool = False,
-                 reduced: bool = False):
+                 reduced: bool = False, extra: int = 0):
         """Store the thresholds (they are constants of the exported graph)."""
         super().__init__()
-        if not 0 <= conf <= 1 or not 0 <= iou <= 1 or max_det < 1:
-            raise ValueError(f"need 0 <= conf ({conf}), iou ({iou}) <= 1 and max_det ({max_det}) >= 1.")
+        if not 0 <= conf <= 1 or not 0 <= iou <= 1 or max_det < 1 or extra < 0:
+            raise ValueError(f"need 0 <= conf ({conf}), iou ({iou}) <= 1, max_det ({max_det}) >= 1, extra >= 0.")
+        if reduced and extra:
+            raise ValueError("reduced (B, 6, A) inputs carry no extra channels.")
         self.conf, self.iou, self.max_det, self.agnostic = float(conf), float(iou), int(max_det), bool(agnostic)
-        self.reduced = bool(reduced)
+        self.reduced, self.extra = bool(reduced), int(extra)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """NMS of decoded predictions ``(B, 4 + K, A)`` (or ``(B, 6, A)`` when ``reduced``; boxes xyxy, pixels)."""
+        """NMS of decoded predictions ``(B, 4 + K [+ extra], A)`` (or ``(B, 6, A)`` when ``reduced``; boxes xyxy)."""
         boxes = y[:, :4].transpose(1, 2)  # (B, A, 4)
         if self.reduced:
             scores, cls = y[:, 4], y[:, 5]  # (B, A)
         else:
-            scores, cls = y[:, 4:].max(1)  # (B, A)
+            scores, cls = (y[:, 4 : -self.extra] if self.extra else y[:, 4:]).max(1)  # (B, A)
             cls = cls.to(y.dtype)
         nms_boxes = boxes if self.agnostic else boxes + (cls * MAX_WH).unsqueeze(-1)  # class-aware, as predict
         sel = _NMSOp.apply(nms_boxes, scores.unsqueeze(1), self.max_det, self.iou, self.conf)  # (M, 3)
@@ -213,10 +217,14 @@ class BatchedNMS(nn.Module):
         counts = per.sum(0)  # (B,) kept boxes per image (<= max_det)
         start = counts.cumsum(0) - counts  # (B,) first row of each image in sel
         pos = torch.arange(sel.shape[0], device=y.device) - start[bi]  # (M,) rank within its image
-        rows = torch.cat((boxes[bi, ai], scores[bi, ai].unsqueeze(1), cls[bi, ai].unsqueeze(1)), 1)  # (M, 6)
-        out = y.new_zeros((b * self.max_det, 6))
+        table = [boxes, scores.unsqueeze(-1), cls.unsqueeze(-1)]  # (B, A, 4), (B, A, 1), (B, A, 1)
+        if self.extra:
+            table.append(y[:, -self.extra :].transpose(1, 2))  # (B, A, extra): e.g. the mask coefficients
+        rows = torch.cat(table, -1)[bi, ai]  # (M, 6 + extra): one gather (OpenVINO mis-shapes a 2-D [bi, ai] gather)
+        c = 6 + self.extra
+        out = y.new_zeros((b * self.max_det, c))
         out = out.index_put((bi * self.max_det + pos,), rows)
-        return out.view(-1, self.max_det, 6)  # (B, max_det, 6)
+        return out.view(-1, self.max_det, c)  # (B, max_det, 6 + extra)
 
 
 class _EfficientNMSOp(torch.autograd.Function):

@@ -12,6 +12,10 @@ exports):
 - raw output ``(B, 4 + K, A)`` (Ultralytics' NMS is reproduced in numpy, ``yw_ext.runtime.ops``) or in-graph NMS
   ``(B, max_det, 6)`` (``nms=True``; the graph's ``conf`` / ``iou`` were fixed at export, ``conf`` here filters
   further).
+- YOLO-World-Seg exports (metadata ``task: segment``; outputs ``output0`` with ``nm`` mask coefficients per row and
+  ``output1`` prototypes, raw or with NMS in the graph): each ``Detections`` also has ``masks``, ``(N, H, W)`` bool
+  at the original image size (``yw_ext.runtime.masks``: Ultralytics' ``retina_masks=True`` masks); detections whose
+  mask is empty are dropped, as Ultralytics' segmentation predictor does.
 
 Pre- and post-processing follow Ultralytics' predictor: ``LetterBox`` (minimal ``rect`` padding when the model
 takes dynamic image sizes and a batch's images share a shape, else the model's ``imgsz``), RGB in [0, 1], NMS,
@@ -39,6 +43,7 @@ from yw_ext.core.classes import pad_prompts, parse_classes
 from yw_ext.core.embeddings import check_embedding_array, check_rows, check_width
 from yw_ext.runtime.ops import Detections, letterbox, load_image, nms_indices, non_max_suppression, preprocess
 from yw_ext.runtime.ops import non_max_suppression_reduced
+from yw_ext.runtime.masks import process_mask_native, seg_postprocess
 from yw_ext.runtime.ops import scale_boxes
 from yw_ext.runtime.text import TextEncoder, make_session, session_metadata
 from yw_ext.vocab import Vocabulary
@@ -46,7 +51,7 @@ from yw_ext.vocab import Vocabulary
 TXT_INPUT = "txt_feats"
 _LITERAL_KEYS = {
     "names", "imgsz", "args", "stride", "batch", "channels", "end2end", "embed_dim", "max_prompts",
-    "prompts_per_class", "class_prompts", "class_sources", "default_classes", "default_vocab", "kpt_shape",
+    "prompts_per_class", "class_prompts", "class_sources", "default_classes", "default_vocab", "kpt_shape", "nm", "nms",
 }  # fmt: skip
 
 
@@ -89,6 +94,9 @@ class _ORTBackend:
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(None, feeds)[0]
+
+    def run_all(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, feeds)
 
 
 class Detector:
@@ -138,6 +146,7 @@ class Detector:
         self.stride = int(meta.get("stride", 32))
         args = meta.get("args") if isinstance(meta.get("args"), dict) else {}
         self.end2end = bool(args.get("nms") or meta.get("end2end"))  # (B, max_det, 6) rows, as AutoBackend reads it
+        self.nm = int(meta.get("nm") or 32) if meta.get("task") == "segment" else 0  # mask coefficients per row
         self.dynamic_vocab = b.shape(TXT_INPUT) is not None
         txt_shape = b.shape(TXT_INPUT) or [None, None, meta.get("embed_dim")]
         self.embed_dim = int(meta.get("embed_dim") or txt_shape[-1] or 0) or None
@@ -240,7 +249,8 @@ class Detector:
 
     # ------------------------------------------------------------------ inference
     def forward(self, images: np.ndarray, txt_feats: np.ndarray | None = None) -> np.ndarray:
-        """Raw model call: ``(B, 3, H, W)`` float32 -> ``(B, 4 + P, A)`` (or ``(B, max_det, 6)`` with NMS).
+        """Raw model call: ``(B, 3, H, W)`` float32 -> ``(B, 4 + P, A)`` (or ``(B, max_det, 6)`` with NMS); a seg model
+        gives ``(output0, prototypes)``, ``output0`` with ``nm`` more channels.
 
         ``txt_feats`` ``(1, P, D)`` (or ``(B, P, D)``, one vocabulary per image, for models exported with a dynamic
         batch) defaults to the current vocabulary; checked against the model's width and prompt range.
@@ -262,7 +272,7 @@ class Detector:
                 feeds[TXT_INPUT] = np.ascontiguousarray(t)
         elif txt_feats is not None:
             raise ValueError(f"{self.path.name} has a fixed vocabulary: it takes no txt_feats.")
-        return self.backend.run(feeds)
+        return tuple(self.backend.run_all(feeds)[:2]) if self.nm else self.backend.run(feeds)
 
     def predict(
         self,
@@ -307,15 +317,31 @@ class Detector:
             n = len(chunk)
             if self.static_batch and n < self.static_batch:  # pad a static batch
                 x = np.concatenate([x, np.zeros((self.static_batch - n, *x.shape[1:]), np.float32)])
-            y = self.forward(x)[:n]
-            dets = self._postprocess(y, conf, iou, max_det, agnostic, classes)
-            for im, d in zip(chunk, dets):
-                d[:, :4] = scale_boxes(x.shape[2:], d[:, :4], im.shape[:2])
-                out.append(Detections(d[:, :4].astype(np.float32), d[:, 4].astype(np.float32),
-                                      d[:, 5].astype(np.int64), dict(self.names), im.shape[:2]))
+            if self.nm:
+                y, protos = self.forward(x)
+                g = self.prompts_per_class if self.dynamic_vocab else 1
+                dets = seg_postprocess(y[:n], self.nm, conf, iou, max_det, agnostic, classes, g, self.end2end)
+                out += [self._result(im, x.shape[2:], d, mc, pr) for im, (d, mc), pr in zip(chunk, dets, protos)]
+            else:
+                dets = self._postprocess(self.forward(x)[:n], conf, iou, max_det, agnostic, classes)
+                out += [self._result(im, x.shape[2:], d) for im, d in zip(chunk, dets)]
         return out
 
     __call__ = predict
+
+    def _result(self, im: np.ndarray, in_hw: tuple, d: np.ndarray, coeffs: np.ndarray | None = None,
+                protos: np.ndarray | None = None) -> Detections:
+        """``Detections`` of one image from rows ``(N, 6)`` in input pixels (+ a seg model's coefficients and
+        prototypes: masks at the image's size, detections with empty masks dropped)."""
+        d = d.copy()
+        d[:, :4] = scale_boxes(in_hw, d[:, :4], im.shape[:2])
+        masks = None
+        if coeffs is not None:
+            masks = process_mask_native(protos, coeffs, d[:, :4], im.shape[:2])  # (N, H, W)
+            keep = masks.any((1, 2))
+            d, masks = d[keep], masks[keep]
+        return Detections(d[:, :4].astype(np.float32), d[:, 4].astype(np.float32), d[:, 5].astype(np.int64),
+                          dict(self.names), im.shape[:2], masks)
 
     def _postprocess(self, y: np.ndarray, conf: float, iou: float, max_det: int, agnostic: bool,
                      classes: Sequence[int] | None) -> list[np.ndarray]:

@@ -272,18 +272,35 @@ def _best_class_nms(xywh: np.ndarray, conf: np.ndarray, j: np.ndarray, conf_thre
                     max_det: int, agnostic: bool, classes: Sequence[int] | None, max_nms: int,
                     max_wh: int) -> np.ndarray:
     """One image: boxes ``(4, A)`` xywh, best scores ``(A,)``, classes ``(A,)`` -> ``(N, 6)`` kept rows."""
+    return best_class_nms_index(xywh, conf, j, conf_thres, iou_thres, max_det, agnostic, classes, max_nms, max_wh)[0]
+
+
+def best_class_nms_index(xywh: np.ndarray, conf: np.ndarray, j: np.ndarray, conf_thres: float, iou_thres: float,
+                         max_det: int, agnostic: bool = False, classes: Sequence[int] | None = None,
+                         max_nms: int = MAX_NMS, max_wh: int = MAX_WH) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """One image's best-class NMS: ``(N, 6)`` kept rows and the ``(N,)`` anchor index of each (for per-anchor extras
+    such as a seg model's mask coefficients).
+
+    Examples:
+        >>> xywh = np.array([[50.0, 10], [50, 10], [20, 4], [20, 4]], np.float32)  # (4, A): anchors 0 and 1
+        >>> rows, idx = best_class_nms_index(xywh, np.array([0.3, 0.9], np.float32), np.zeros(2, int), 0.25, 0.7, 300)
+        >>> idx.tolist()
+        [1, 0]
+    """
     keep = conf > conf_thres
     if classes is not None:
         keep &= np.isin(j, np.asarray(classes))
+    anchor = np.flatnonzero(keep)  # (N,)
     box, conf, j = xywh2xyxy(xywh[:, keep].T), conf[keep], j[keep]  # (N, 4)
     if conf.size > max_nms:
         top = np.argsort(-conf, kind="stable")[:max_nms]
-        box, conf, j = box[top], conf[top], j[top]
+        box, conf, j, anchor = box[top], conf[top], j[top], anchor[top]
     if not conf.size:
-        return np.zeros((0, 6), np.float32)
+        return np.zeros((0, 6), np.float32), np.zeros(0, np.int64)
     off = (j.astype(np.float32) * (0 if agnostic else max_wh))[:, None]
     i = nms_indices(box + off, conf, iou_thres, max_keep=max_det)
-    return np.concatenate((box[i], conf[i, None], j[i, None].astype(np.float32)), 1).astype(np.float32)
+    rows = np.concatenate((box[i], conf[i, None], j[i, None].astype(np.float32)), 1).astype(np.float32)
+    return rows, anchor[i]
 
 
 def scale_boxes(
@@ -323,6 +340,7 @@ class Detections:
         class_ids: ``(N,)`` int64 indices into ``names``.
         names: Class names of the vocabulary, index -> name.
         orig_shape: ``(H, W)`` of the image.
+        masks: ``(N, H, W)`` bool instance masks at the image's size (seg models; None for detectors).
     """
 
     boxes: np.ndarray
@@ -330,6 +348,7 @@ class Detections:
     class_ids: np.ndarray
     names: dict[int, str] = field(default_factory=dict)
     orig_shape: tuple[int, int] = (0, 0)
+    masks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -353,5 +372,6 @@ __all__ = [
     "nms_indices",
     "non_max_suppression",
     "non_max_suppression_reduced",
+    "best_class_nms_index",
     "scale_boxes",
 ]

@@ -182,6 +182,15 @@ class TRTBackend:
             y = outs[self.outputs[0]]
             return (y.float() if y.is_floating_point() else y).cpu().numpy()
 
+    def run_all(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run with numpy inputs; every output as numpy, in the engine's output order (``output0``, ``output1``, ...
+        sorted by name when so named: a seg engine's predictions, then its prototypes)."""
+        with self._on_device():
+            keep, outs = self._bind(feeds)
+            self._execute()
+            names = sorted(self.outputs) if all(n.startswith("output") for n in self.outputs) else self.outputs
+            return [(outs[n].float() if outs[n].is_floating_point() else outs[n]).cpu().numpy() for n in names]
+
     def prepared(self, feeds: dict[str, np.ndarray]) -> Any:
         """A zero-argument call running the engine on ``feeds`` kept on the device (no host copies; it waits for the
         GPU): what latency comparisons between engines time.
