@@ -291,3 +291,31 @@ def test_runtime_seg_dynamic_vocab_synonyms(tmp_path, bus_x, assets, nms):
     assert (d_rt[j, 4] - d_ul[:, 4]).abs().max() <= 1e-3 and (d_rt[j, :4] - d_ul[:, :4]).abs().max() <= 1e-2
     assert _box_iou_masks(torch.from_numpy(out.masks)[j], m_ul).min() >= 0.99
     assert (out.class_ids == 0).sum() > (default.class_ids == 0).sum()  # the synonym scores: max over its prompts
+
+
+@pytest.mark.parametrize("nms", [False, True])
+def test_yoloworld_predicts_masks_from_seg_onnx(tmp_path, assets, nms):
+    """``YOLOWorld("seg.onnx").predict`` takes the task from the ONNX metadata (it used to load seg ONNX as a detector:
+    no masks and coefficients read as class scores) and equals the PyTorch model's Results: boxes <= 1e-2 px, scores
+    <= 1e-3, masks IoU >= 0.99 per instance. A square crop of bus.jpg so that both letterbox to the same 160x160."""
+    import cv2
+
+    import yw_ext
+    from yw_ext.model import exported_task
+
+    src = tmp_path / "bus_square.jpg"
+    cv2.imwrite(str(src), cv2.imread(str(assets / "bus.jpg"))[:810])  # 810 x 810
+    from tests.test_export import _letterboxed
+
+    model = _seg_model(_letterboxed(src, IMGSZ))
+    ref = model.predict(str(src), imgsz=IMGSZ, conf=CONF, verbose=False)[0]
+    f = model.export(format="onnx", imgsz=IMGSZ, nms=nms, out=str(tmp_path / "seg.onnx"))
+    assert exported_task(f) == "segment" and exported_task(assets / "bus.jpg") == "detect"
+    onnx_model = yw_ext.YOLOWorld(f)
+    assert onnx_model.task == "segment"
+    r = onnx_model.predict(str(src), imgsz=IMGSZ, conf=CONF, verbose=False)[0]
+    assert r.masks is not None and 3 <= len(r.boxes) == len(ref.boxes)
+    j = _pair(ref.boxes.data, r.boxes.data)
+    assert (r.boxes.xyxy[j] - ref.boxes.xyxy).abs().max() <= 1e-2
+    assert (r.boxes.conf[j] - ref.boxes.conf).abs().max() <= 1e-3 and torch.equal(r.boxes.cls[j], ref.boxes.cls)
+    assert _box_iou_masks(r.masks.data[j] > 0.5, ref.masks.data > 0.5).min() >= 0.99

@@ -108,6 +108,42 @@ def _task_of(model: Any) -> str:
     return "segment" if isinstance(model, YWSegmentationModel) else "detect"
 
 
+def exported_task(path: str | Path) -> str:
+    """The task an exported model declares in its metadata: ``"segment"`` or ``"detect"`` (the default).
+
+    Reads the ONNX ``metadata_props``, an OpenVINO folder's ``metadata.yaml`` or a yw_ext TensorRT engine's header,
+    without loading the network, so that ``YOLOWorld("seg.onnx")`` predicts with the segmentation predictor.
+
+    Args:
+        path: ``.onnx``, ``.engine``, an OpenVINO ``.xml`` or its ``*_openvino_model`` folder.
+
+    Returns:
+        (str): ``"segment"`` when the metadata says so, else ``"detect"``.
+
+    Examples:
+        >>> exported_task("yw-v2-seg-n.onnx")  # doctest: +SKIP
+        'segment'
+    """
+    import yaml
+
+    p = Path(path)
+    meta: dict = {}
+    try:
+        if p.suffix.lower() == ".onnx" and p.is_file():
+            from yw_ext.export.onnx_io import load_metadata
+
+            meta = load_metadata(p)
+        elif p.suffix.lower() == ".engine" and p.is_file():
+            from yw_ext.runtime.trt import read_engine_file
+
+            meta = read_engine_file(p)[0]
+        elif (p if p.is_dir() else p.parent).joinpath("metadata.yaml").is_file():
+            meta = yaml.safe_load((p if p.is_dir() else p.parent).joinpath("metadata.yaml").read_text()) or {}
+    except Exception as e:  # an unreadable file fails later, in Ultralytics' loader, with its own message
+        LOGGER.debug(f"{p}: no task in its metadata ({e})")
+    return "segment" if str(meta.get("task", "")) == "segment" else "detect"
+
+
 def _seg_trainer(yolo: Any, trainer: Any) -> Any:
     """The trainer for ``yolo``'s task: a seg model fine-tunes with ``YWSegTrainer``; ``seghead`` needs a seg model.
 
@@ -229,8 +265,8 @@ class YOLOWorld(Model):
             self.ckpt_path = getattr(self.model, "pt_path", weights)
             self.model.task = "detect"
         else:
-            super()._load(weights, task="detect")
-        self.task = _task_of(self.model)
+            super()._load(weights, task=exported_task(weights))
+        self.task = _task_of(self.model) if isinstance(self.model, torch.nn.Module) else self.task
         if isinstance(self.model, torch.nn.Module):
             self.model.task = self.task
         self.overrides["model"] = weights
