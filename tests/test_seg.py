@@ -181,7 +181,7 @@ class OfficialSegBranches(torch.nn.Module):
         return coeff, proto
 
 
-def test_official_seg_checkpoint_parity_float64(tmp_path):
+def test_official_seg_checkpoint_parity_float64(tmp_path, monkeypatch):
     from tests.test_official import official_checkpoint, randomize, save_with_hash, text_embeddings
     from yw_ext.checkpoints.layout import detect_layout
     from yw_ext.checkpoints.official import convert_official
@@ -218,6 +218,16 @@ def test_official_seg_checkpoint_parity_float64(tmp_path):
     # the same file through the public loader: a seg model with task "segment"
     yolo = yw_ext.YOLOWorld(str(save_with_hash({"meta": {}, "state_dict": sd}, tmp_path, "yolo_world_v2_seg_n_test")))
     assert yolo.task == "segment" and type(yolo.model.model[-1]) is WorldSegment
+    # a hub alias finds the official file name in the weights folder (no network) and the loader checks its hash:
+    # this random file cannot carry the real one's, so it is refused, naming the URL to download again
+    from yw_ext.checkpoints.errors import CheckpointError
+    from yw_ext.hub import resolve_alias
+
+    monkeypatch.setenv("YW_WEIGHTS_DIR", str(tmp_path / "weights"))
+    (tmp_path / "weights").mkdir()
+    torch.save({"meta": {}, "state_dict": sd}, tmp_path / "weights" / resolve_alias("seg-l-seghead").name)
+    with pytest.raises(CheckpointError, match="not with the 5a642d30 .* huggingface.co/wondervictor/YOLO-World/"):
+        yw_ext.YOLOWorld("seg-l-seghead")
 
 
 # ------------------------------------------------------------------------------------------------------------ export
