@@ -226,7 +226,7 @@ def test_official_seg_checkpoint_parity_float64(tmp_path, monkeypatch):
     monkeypatch.setenv("YW_WEIGHTS_DIR", str(tmp_path / "weights"))
     (tmp_path / "weights").mkdir()
     torch.save({"meta": {}, "state_dict": sd}, tmp_path / "weights" / resolve_alias("seg-l-seghead").name)
-    with pytest.raises(CheckpointError, match="not with the 5a642d30 .* huggingface.co/wondervictor/YOLO-World/"):
+    with pytest.raises(CheckpointError, match="not with the 5a642d30 .*huggingface.co/wondervictor/YOLO-World/"):
         yw_ext.YOLOWorld("seg-l-seghead")
 
 
