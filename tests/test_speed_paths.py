@@ -6,6 +6,8 @@
 - The eager fast path of folded models in ``predict`` (``YWPredictor``: head ``score_mode = "max"``) against the
   unmodified full path, and the banded head reduction against the plain one.
 - ``yw_ext.runtime.ops.non_max_suppression`` (now reduced along the class axis without a transposed copy).
+- The export layout of the reduction (``grouped_max``: a MatMul in ``(B, H * W, C)`` layout, a grouped max over the
+  contiguous class axis, padded vocabularies) keeps the first index of the maximum, in PyTorch and ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from tests.test_export import IMGSZ, NAMES, _detector, _emb, _rows, _session, crops, images  # noqa: F401 (fixtures)
 from yw_ext.engine.predictor import YWPredictor
+from yw_ext.export.quant import head_tail_nodes
 from yw_ext.nn import rep as rep_module
 from yw_ext.runtime import Detector
 from yw_ext.runtime.ops import non_max_suppression
@@ -129,6 +132,127 @@ def test_eager_head_reduction_equals_full(monkeypatch, band_bytes):
     assert torch.equal(y_red[:, :4], y_full[:, :4])
     assert (y_red[:, 4] - y_full[:, 4:].amax(1)).abs().max().item() <= EXACT
     assert torch.equal(y_red[:, 5], torch.div(y_full[:, 4:].argmax(1), 3, rounding_mode="floor").float())
+
+
+def _padded(x: torch.Tensor, group: int) -> torch.Tensor:
+    """``x`` ``(B, N, K)`` padded on the last axis to a multiple of ``group`` with ``finfo.min`` (``_matmul_max``)."""
+    return torch.cat((x, x.new_full((*x.shape[:2], -x.shape[2] % group), torch.finfo(x.dtype).min)), 2)
+
+
+@pytest.mark.parametrize("k", [3, 80, 300, 1203])
+def test_grouped_max_first_index_of_max(k, tmp_path):
+    """``grouped_max`` = max over the last axis and the FIRST index of the maximum, also with many exact ties,
+    eager and traced to ONNX (ONNX Runtime); the padding never wins."""
+    import onnxruntime as ort
+
+    group = rep_module.score_group(k)
+    assert group == (16 if k <= 256 else 32)
+    x = torch.randint(-2, 3, (2, 40, k), generator=torch.Generator().manual_seed(k)).float()  # ties everywhere
+    x[0, 0] = -1e30  # a row below every other value but above the padding
+    first = (x == x.amax(2, keepdim=True)).float().argmax(2)  # (2, 40): first index of the max, independently
+    best, idx = rep_module.grouped_max(_padded(x, group), group)
+    assert torch.equal(best, x.amax(2)) and torch.equal(idx, first)
+    assert (first > 0).float().mean() > 0.5 if k > 3 else True  # the first index is not trivially 0
+
+    class Wrap(torch.nn.Module):
+        def forward(self, t):
+            return rep_module.grouped_max(t, group)
+
+    f = tmp_path / "g.onnx"
+    torch.onnx.export(Wrap(), (_padded(x, group),), str(f), input_names=["t"], dynamo=False,
+                      dynamic_axes={"t": {0: "b", 1: "n"}})
+    xb = torch.cat([x, x.flip(1), x]).numpy()  # another batch size and row count than traced
+    sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+    b_ort, i_ort = sess.run(None, {"t": _padded(torch.from_numpy(xb), group).numpy()})
+    assert np.array_equal(b_ort, xb.max(2)) and np.array_equal(i_ort, xb.argmax(2))  # numpy: first index too
+
+
+@pytest.mark.parametrize("with_bn", [True, False])
+def test_export_layout_head_reduction_equals_full(with_bn):
+    """The folded head's traced path (``export = True``: each last 1x1 conv as a matmul over ``(B, H * W, C + 1)``,
+    the bias in the matmul, K = 300 padded to 320) gives the full output's max and first argmax."""
+    torch.manual_seed(0)
+    head = rep_module.RepWorldDetect(nc=300, hidden=32, embed=16, with_bn=with_bn, ch=(16, 32, 64)).eval()
+    head.stride = torch.tensor([8.0, 16.0, 32.0])
+    for b in head.cv3:
+        torch.nn.init.normal_(b[-1].weight, std=0.5)
+        torch.nn.init.normal_(b[-1].bias, std=0.3)
+    x = [torch.randn(2, c, s, s) for c, s in ((16, 20), (32, 10), (64, 5))]
+    with torch.no_grad():
+        y_full = head(x)[0]  # (2, 4 + 300, A)
+        head.score_mode, head.score_groups, head.export = "max", 2, True
+        y_red = head(x)  # export mode: y only
+    assert y_red.shape == (2, 6, y_full.shape[2])
+    assert torch.equal(y_red[:, :4], y_full[:, :4])
+    assert (y_red[:, 4] - y_full[:, 4:].amax(1)).abs().max().item() <= EXACT
+    assert torch.equal(y_red[:, 5], torch.div(y_full[:, 4:].argmax(1), 2, rounding_mode="floor").float())
+    assert y_full[:, 4:].argmax(1).unique().numel() > 20  # the winners spread over the vocabulary
+
+
+@pytest.fixture(scope="module")
+def large_vocab(tmp_path_factory):
+    """A fixed vocabulary of 150 classes x 2 prompts (P = 300: groups of 32, 20 padded scores): raw full / max files."""
+    d = tmp_path_factory.mktemp("large")
+    model = _detector()
+    names = [f"c{i}" for i in range(150)]
+    model.set_classes(names, embeddings=_emb(150, 2))
+    kw = dict(imgsz=96, verbose=False, dynamic=True)
+    return {s: model.export(format="onnx", scores=s, out=d / f"{s}.onnx", **kw) for s in ("full", "max")}
+
+
+def test_large_vocab_reduced_graph_layout_and_equality(large_vocab, crops):
+    """``scores="max"`` at P = 300: the class branches end in one MatMul each with constant ``(C + 1, 320)`` weights,
+    every ArgMax reduces a last axis, INT8 placement keeps the same float tail as the full graph, and ONNX Runtime
+    gives the full graph's boxes, best scores (within 1e-6) and classes."""
+    import onnx
+
+    from yw_ext.runtime.ops import letterbox, preprocess
+
+    full, red = (onnx.load(str(large_vocab[s])).graph for s in ("full", "max"))
+    dims = {t.name: list(t.dims) for t in red.initializer}
+    mm = [n for n in red.node if n.op_type == "MatMul"]
+    assert len(mm) == 3 and all(dims.get(n.input[1], [0, 0])[1] == 320 for n in mm), [dims.get(n.input[1]) for n in mm]
+    assert not any(n.op_type == "MatMul" for n in full.node)  # the full graph stays convolutions only
+    shapes = {v.name: len(v.type.tensor_type.shape.dim) for v in onnx.shape_inference.infer_shapes(
+        onnx.load(str(large_vocab["max"]))).graph.value_info}
+    for n in red.node:
+        if n.op_type == "ArgMax":
+            axis = next(a.i for a in n.attribute if a.name == "axis")
+            assert axis in (-1, shapes[n.input[0]] - 1), (n.name, axis, shapes[n.input[0]])
+
+    def tail_ops(g):
+        t = head_tail_nodes(g)
+        return sorted(n.op_type for n in g.node if n.name in t and n.op_type in ("Conv", "MatMul", "Gemm"))
+
+    assert tail_ops(full) == ["Conv"] * 7 and tail_ops(red) == ["Conv"] * 4 + ["MatMul"] * 3
+    x = preprocess([letterbox(im, (96, 96))[0] for im in crops])
+    x = np.concatenate([x, x[..., ::-1].copy()])  # 4 images
+    y_full, y_red = (_session(large_vocab[s]).run(None, {"images": x})[0] for s in ("full", "max"))
+    assert y_full.shape[1] == 4 + 150 and y_red.shape == (4, 6, y_full.shape[2])
+    assert np.array_equal(y_full[:, :4], y_red[:, :4])
+    assert np.abs(y_full[:, 4:].max(1) - y_red[:, 4]).max() <= EXACT
+    assert np.array_equal(y_full[:, 4:].argmax(1), y_red[:, 5])
+    assert np.unique(y_red[:, 5]).size >= 3 and y_red[:, 4].std() > 0.01  # varied winners and scores
+
+
+def test_dynamic_vocab_reduced_graph_large_prompt_counts(exports, crops):
+    """The run-time-vocabulary graph (max over the prompts of the same einsum as the full graph): P = 1, 31, 32, 33
+    and 300 prompts, one an exact duplicate, give the full graph's first best prompts and best scores within 1e-6.
+    (A transposed-matmul layout as in the fixed-vocabulary graph was tried and rounded 1-2 ulps differently at small
+    P, up to 1.1e-6 in score: not adopted for run-time vocabularies.)"""
+    _, files = exports
+    x = _inputs(crops)
+    full, red = _session(files["dyn", "full", "raw"]), _session(files["dyn", "max", "raw"])
+    for p in (1, 31, 32, 33, 300):
+        t = _emb(p, 1, seed=p).reshape(1, p, 512).numpy()
+        if p == 33:
+            t[0, 32] = t[0, 5]  # an exact duplicate prompt: the first of the two must win
+        feeds = {"images": x, "txt_feats": t}
+        (a,), (b,) = full.run(None, feeds), red.run(None, feeds)
+        assert a.shape[1] == 4 + p and b.shape == (4, 6, a.shape[2])
+        assert np.array_equal(a[:, :4], b[:, :4])
+        assert np.abs(a[:, 4:].max(1) - b[:, 4]).max() <= EXACT
+        assert np.array_equal(a[:, 4:].argmax(1), b[:, 5]) and b[:, 5].max() < p
 
 
 def test_eager_predict_fast_path_equals_full_path(exports, crops, monkeypatch):

@@ -69,7 +69,8 @@ def head_tail_nodes(graph) -> set[str]:
     """Names of the head's last convs and of every node after them (left float by ``placement="body"``).
 
     The head's last convs are the Conv nodes after which no other Conv runs, except the DFL's fixed ``(1, 16, 1, 1)``
-    conv; from there on the graph decodes boxes (pixels) and class scores.
+    conv; from there on the graph decodes boxes (pixels) and class scores. A MatMul / Gemm with constant weights
+    counts as a conv (``scores="max"`` graphs compute the class branches' last 1x1 convs as MatMuls).
     """
     consumers: dict[str, list] = {}
     for n in graph.node:
@@ -91,11 +92,14 @@ def head_tail_nodes(graph) -> set[str]:
                 stack += consumers.get(o, [])
         return out
 
+    def conv_like(m) -> bool:  # a Conv, or a MatMul / Gemm with constant weights (a scores="max" head's 1x1 conv)
+        return m.name not in dfl and (m.op_type == "Conv" or (m.op_type in ("MatMul", "Gemm") and m.input[1] in dims))
+
     tail: set[str] = set()
     for n in graph.node:
-        if n.op_type == "Conv" and n.name not in dfl and n.name not in tail:
+        if conv_like(n) and n.name not in tail:
             later = after(n)
-            if not any(m.op_type == "Conv" and m.name not in dfl and m is not n for m in later):
+            if not any(conv_like(m) and m is not n for m in later):
                 tail |= {m.name for m in later}
     return tail
 

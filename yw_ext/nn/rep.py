@@ -18,7 +18,9 @@ places, and both are linear in ``T`` once the vocabulary is fixed:
 
 The folded model has no text path: ``RepC2fAttn`` is not a ``C2fAttn`` and ``RepWorldDetect`` is a plain
 Ultralytics ``Detect`` (not a ``WorldDetect``), so ``YWDetectionModel.predict`` calls them as ``m(x)``, Ultralytics'
-exporter treats the head as any detector's, and the ONNX graph is convolutions only (no MatMul / Einsum / Gemm).
+exporter treats the head as any detector's, and the ONNX graph is convolutions only (no MatMul / Einsum / Gemm),
+except with ``score_mode = "max"`` (below), where each level's last 1x1 conv is exported as one MatMul with constant
+weights (``_matmul_max``; still no text input or text math).
 The head outputs all ``P = K * G`` prompt scores; ``YWDetectionModel.predict`` still reduces them to ``K`` classes
 with the max over each class's ``G`` synonyms.
 
@@ -474,6 +476,80 @@ def _classify_max_into(conv: nn.Module, x: torch.Tensor, best: torch.Tensor, idx
         torch.max(o, 1, out=(best[:, r0 * w : r1 * w], idx[:, r0 * w : r1 * w]))
 
 
+def score_group(num_scores: int) -> int:
+    """Group width of ``grouped_max`` for ``num_scores`` scores per row: 16 up to 256 scores, else 32.
+
+    Wider groups make the second, per-row pass shorter; the row is padded to a multiple of the width (K = 80: no
+    padding, K = 1203: 13 padded scores).
+
+    Examples:
+        >>> score_group(80), score_group(1203)
+        (16, 32)
+    """
+    return 16 if num_scores <= 256 else 32
+
+
+def grouped_max(logits: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max and first argmax over the last axis of ``logits`` ``(B, N, K')``, ``K'`` a multiple of ``group``.
+
+    Written for ONNX Runtime, whose ``ArgMax`` (and ``TopK``) scan every element one at a time, several times slower
+    than its vectorised ``ReduceMax``: the full pass is a ``ReduceMax`` over contiguous groups of ``group`` scores;
+    ``ArgMax`` runs only over the ``K' / group`` group maxima and then over the ``group`` scores of the winning group
+    (gathered row by row). The first group holding the maximum, then the first index in it, is the first index of the
+    maximum: ``torch.max``'s and ONNX ``ArgMax``'s choice. Traced: ``ReduceMax``, ``ArgMax``, ``Range``, ``Gather``.
+
+    Returns:
+        ``best`` ``(B, N)`` and its index ``(B, N)`` (int64).
+
+    Examples:
+        >>> x = torch.tensor([[[0.0, 3, 1, 3], [5, 0, 0, 5]]])  # (1, 2, 4)
+        >>> [t.tolist() for t in grouped_max(x, 2)]
+        [[[3.0, 5.0]], [[1, 0]]]
+    """
+    b, n, k = logits.shape
+    groups = k // group
+    best, g = logits.unflatten(2, (groups, group)).amax(3).max(2)  # (B, N, K' / group) -> (B, N)
+    rows = torch.arange(b * n, device=logits.device).view(b, n) * groups + g  # (B, N): rows of (B * N * groups, group)
+    sub = logits.reshape(-1, group).index_select(0, rows.flatten()).view(b, n, group)  # (B, N, group)
+    return best, g * group + sub.argmax(2)
+
+
+def _matmul_max(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max over output channels of the 1x1 ``conv(x)`` and its channel, ``(B, H * W)`` each, for export graphs.
+
+    The conv is computed as a matmul ``(B, H * W, C + 1) @ (C + 1, K')``: the bias is the weight of a constant 1
+    input (inside the matmul, no pass over the logits), ``K'`` pads the K outputs to a multiple of ``score_group(K)``
+    with logits of ``finfo.min``, and the reduction (``grouped_max``) runs over the contiguous last axis. Only the
+    ``C x H * W`` input is transposed. In ONNX Runtime (CPU) the NCHW conv output instead costs a layout reorder and
+    strided ``ReduceMax`` / ``ArgMax`` passes over axis 1 of ``(B, K, H, W)``: the s-scale head at 640 with
+    K = 1203 ran 136 ms that way and 112 ms this way (one thread; K = 80: 80 ms both; ``benchmarks/head_ops.py``).
+    The values are the conv's up to float rounding (bitwise equal in the tests).
+    """
+    k, c = conv.out_channels, conv.in_channels
+    group = score_group(k)
+    w = conv.weight.reshape(k, c).t()  # (C, K)
+    bias = conv.bias if conv.bias is not None else w.new_zeros(k)
+    w = torch.cat((w, bias[None]), 0)  # (C + 1, K)
+    pad = -k % group
+    if pad:
+        fill = torch.cat((w.new_zeros(c, pad), w.new_full((1, pad), torch.finfo(w.dtype).min)), 0)  # (C + 1, pad)
+        w = torch.cat((w, fill), 1)  # (C + 1, K')
+    xt = F.pad(x.flatten(2).transpose(1, 2), (0, 1), value=1.0)  # (B, H * W, C + 1)
+    return grouped_max(xt @ w, group)
+
+
+def _is_pointwise(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a plain 1x1 ``nn.Conv2d`` (stride 1, no padding, one group): a matmul over channels."""
+    return (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.padding in ((0, 0), "valid")
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+    )
+
+
 SCORE_MODES = ("full", "max")
 """``RepWorldDetect.score_mode`` / export ``scores=``: every class's score, or each anchor's best class only."""
 
@@ -610,9 +686,10 @@ class RepWorldDetect(Detect):
         Each level's classifier output is reduced over its P channels right away (``max`` and ``argmax``), and the
         sigmoid is applied to the best logit only (``reduce_scores``): no ``(B, P, A)`` concatenation, no P x A
         sigmoids. Boxes are decoded as ``Detect`` decodes them (xywh, or xyxy when the exporter set ``xyxy``). In
-        eager inference the classifier runs in row bands (``_classify_max_into``); traced, it is conv -> ReduceMax /
-        ArgMax per level. Returns ``y`` in export mode, else ``(y, {"boxes", "scores": best logits (B, 1, A),
-        "feats"})``.
+        eager inference the classifier runs in row bands (``_classify_max_into``, oneDNN convs); traced (export) and
+        with autograd, each level's last 1x1 conv is a MatMul in ``(B, H * W, C)`` layout with a grouped reduction
+        over the contiguous class axis (``_matmul_max``). Returns ``y`` in export mode, else ``(y, {"boxes",
+        "scores": best logits (B, 1, A), "feats"})``.
         """
         bs = x[0].shape[0]
         boxes = torch.cat([self.cv2[i](x[i]).view(bs, 4 * self.reg_max, -1) for i in range(self.nl)], dim=-1)
@@ -627,6 +704,8 @@ class RepWorldDetect(Detect):
                 n = f.shape[2] * f.shape[3]
                 b, k = f.new_empty((bs, n)), torch.empty((bs, n), dtype=torch.long, device=f.device)
                 _classify_max_into(branch[-1], f, b, k)
+            elif _is_pointwise(branch[-1]):  # export / tracing / autograd: matmul layout (see _matmul_max)
+                b, k = _matmul_max(branch[-1], branch[:-1](f))  # (B, H_i * W_i) each
             else:
                 b, k = branch(f).flatten(2).max(1)  # (B, P, H_i * W_i) -> (B, H_i * W_i)
             best.append(b)
