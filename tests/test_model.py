@@ -186,3 +186,23 @@ def test_bad_checkpoints(tmp_path):
     torch.save({"meta": {}, "state_dict": {}}, pth)
     with pytest.raises(CheckpointError, match="official YOLO-World"):
         yw_ext.YOLOWorld(pth)
+
+
+@pytest.mark.parametrize("cfg", ["yw-v2-n.yaml", "yw-v2-seg-n.yaml"])
+def test_same_seed_same_weights_whatever_ultralytics_built_before(cfg):
+    """Ultralytics' parser leaves ``Detect.legacy`` set on the class after a YOLOv8 build, and ``WorldDetect`` inherits
+    it: the same seed used to give other initial weights after ``YOLO("yolov8n.yaml")`` (the seg bus.jpg tests then
+    found no detection). yw_ext builds with the class default and puts Ultralytics' value back."""
+    from ultralytics import YOLO
+    from ultralytics.nn.modules.head import Detect
+
+    def weights():
+        torch.manual_seed(0)
+        return yw_ext.YOLOWorld(cfg).model.state_dict()
+
+    before = weights()
+    YOLO("yolov8n.yaml")  # sets Detect.legacy = True on the class
+    assert Detect.legacy is True
+    after = weights()
+    assert Detect.legacy is True  # restored for Ultralytics
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -18,8 +18,10 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
 import ultralytics
@@ -122,6 +124,27 @@ def missing_private_apis() -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- private calls
+@contextlib.contextmanager
+def default_head_style() -> Iterator[None]:
+    """Build heads with ``Detect.legacy`` at its class default (False), whatever this process built before; restore it.
+
+    Ultralytics' ``parse_model`` writes ``Detect.legacy`` on the class (True after building any YOLOv3/5/8/9 model,
+    False after YOLO11) and leaves it there. ``WorldDetect`` inherits it, and ``Detect.__init__`` then builds another
+    (soon replaced) ``cv3``: the final network is the same, but its random initialisation draws another stream, so
+    the same seed gave other weights depending on what the process had built before (e.g. a ``yolov8n.yaml``).
+
+    Examples:
+        >>> with default_head_style():
+        ...     assert Detect.legacy is False
+    """
+    saved = Detect.__dict__.get("legacy", False)
+    Detect.legacy = False
+    try:
+        yield
+    finally:
+        Detect.legacy = saved
+
+
 def profile_layer(model: Any, layer: Any, x: Any, dt: list) -> None:
     """``BaseModel._profile_one_layer``: time one layer of ``model`` (``predict(profile=True)``)."""
     model._profile_one_layer(layer, x, dt)

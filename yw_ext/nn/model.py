@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import torch
 
 from yw_ext.nn.build import DEFAULT_EMBED_DIM, load_model_cfg
-from yw_ext.seam import C2fAttn, DetectionModel, ImagePoolingAttn, WorldDetect, profile_layer
+from yw_ext.seam import C2fAttn, DetectionModel, ImagePoolingAttn, WorldDetect, default_head_style, profile_layer
 from yw_ext.vocab import Vocabulary
 
 _LEGACY_VOCAB = ("prompts_per_class", "class_prompts", "text_encoder_id", "vocab_set", "class_sources",
@@ -69,7 +69,8 @@ class YWDetectionModel(DetectionModel):
         self.text_encoder_state = None
         # Trained image-prompt adapter (yw_ext.image_adapter): a plain dict pickled with the model; None: raw CLIP.
         self.image_adapter_state = None
-        super().__init__(cfg=d, ch=ch, nc=nc, verbose=verbose)
+        with default_head_style():  # same seed, same weights, whatever Ultralytics built before in this process
+            super().__init__(cfg=d, ch=ch, nc=nc, verbose=verbose)
 
     # ------------------------------------------------------------------ forward
     def predict(

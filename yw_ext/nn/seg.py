@@ -24,7 +24,15 @@ from torch import nn
 from yw_ext.nn.model import YWDetectionModel
 from yw_ext.nn.prompt_model import copy_network
 from yw_ext.nn.rep import RepWorldDetect
-from yw_ext.seam import BNContrastiveHead, Conv, Proto, WorldDetect, initialize_weights, v8SegmentationLoss
+from yw_ext.seam import (
+    BNContrastiveHead,
+    Conv,
+    Proto,
+    WorldDetect,
+    default_head_style,
+    initialize_weights,
+    v8SegmentationLoss,
+)
 
 SEG_KEY = "segment"
 """Model-YAML key marking a segmentation model: ``[nm, npr]`` (mask coefficients, prototype hidden width)."""
@@ -202,7 +210,8 @@ class YWSegmentationModel(YWDetectionModel):
                              "use a seg YAML such as 'yw-v2-seg-s.yaml'.")
         super().__init__(d, ch=ch, nc=nc, verbose=False)
         nm, npr = (list(d[SEG_KEY]) + [256])[:2]
-        swap_in_segment_head(self, int(nm), int(npr))
+        with default_head_style():  # as the detector's build: the same seed gives the same mask branch
+            swap_in_segment_head(self, int(nm), int(npr))
         self.task = "segment"
         if verbose:
             self.info()
