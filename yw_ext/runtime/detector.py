@@ -41,7 +41,8 @@ import numpy as np
 
 from yw_ext.core.classes import pad_prompts, parse_classes
 from yw_ext.core.embeddings import check_embedding_array, check_rows, check_width
-from yw_ext.runtime.ops import Detections, letterbox, load_image, nms_indices, non_max_suppression, preprocess
+from yw_ext.runtime.ops import Detections, end2end_rows, letterbox, load_image, non_max_suppression
+from yw_ext.runtime.ops import preprocess
 from yw_ext.runtime.ops import non_max_suppression_reduced
 from yw_ext.runtime.masks import process_mask_native, seg_postprocess
 from yw_ext.runtime.ops import scale_boxes
@@ -348,17 +349,7 @@ class Detector:
         """Model output -> per image ``(N, 6)`` rows ``[x1, y1, x2, y2, score, class]`` in input pixels."""
         g = self.prompts_per_class if self.dynamic_vocab else 1
         if self.end2end:  # (B, max_det, 6) from the graph's NMS: prompts -> classes, filter, dedupe synonyms
-            res = []
-            for d in y:
-                d = d[d[:, 4] > conf].astype(np.float32)
-                if g > 1:
-                    d[:, 5] = np.floor(d[:, 5] / g)
-                    off = (0 if agnostic else 7680.0) * d[:, 5:6]
-                    d = d[nms_indices(d[:, :4] + off, d[:, 4], iou)] if len(d) else d
-                if classes is not None:
-                    d = d[np.isin(d[:, 5], np.asarray(classes))]
-                res.append(d[:max_det])
-            return res
+            return [end2end_rows(d, conf, iou, g, agnostic, classes)[:max_det] for d in y]
         if self.metadata.get("scores") == "max":  # (B, 6, A): the graph kept each anchor's best prompt / class
             return non_max_suppression_reduced(y, conf, iou, max_det=max_det, agnostic=agnostic, classes=classes,
                                                groups=g)

@@ -22,7 +22,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from yw_ext.runtime.ops import best_class_nms_index, nms_indices
+from yw_ext.runtime.ops import best_class_nms_index, end2end_rows
 
 
 
@@ -120,13 +120,7 @@ def seg_postprocess(y: np.ndarray, nm: int, conf: float, iou: float, max_det: in
     out = []
     for p in y:
         if end2end:  # (max_det, 6 + nm): prompts -> classes, filter, dedupe synonyms
-            d = p[p[:, 4] > conf].astype(np.float32)
-            if groups > 1:
-                d[:, 5] = np.floor(d[:, 5] / groups)
-                off = (0 if agnostic else 7680.0) * d[:, 5:6]
-                d = d[nms_indices(d[:, :4] + off, d[:, 4], iou)] if len(d) else d
-            if classes is not None:
-                d = d[np.isin(d[:, 5], np.asarray(classes))]
+            d = end2end_rows(p, conf, iou, groups, agnostic, classes)
             out.append((d[:max_det, :6], d[:max_det, 6:]))
             continue
         c, a = p.shape  # (4 + P + nm, A)

@@ -303,6 +303,30 @@ def best_class_nms_index(xywh: np.ndarray, conf: np.ndarray, j: np.ndarray, conf
     return rows, anchor[i]
 
 
+def end2end_rows(
+    d: np.ndarray, conf: float, iou: float, groups: int = 1, agnostic: bool = False, classes: Sequence[int] | None = None
+) -> np.ndarray:
+    """Rows of one image from a graph with NMS inside (``(max_det, 6 + extra)``): score filter, prompts -> classes.
+
+    With ``groups`` prompts per class the graph's NMS ran per prompt, so synonyms of one class may both keep a box:
+    classes are ``prompt // groups`` and a class-aware NMS (``iou``) removes those duplicates. Extra columns (mask
+    coefficients) follow their rows.
+
+    Examples:
+        >>> d = np.array([[0, 0, 10, 10, 0.9, 0], [0, 0, 10, 10, 0.8, 1], [0, 0, 5, 5, 0.1, 2]], np.float32)
+        >>> end2end_rows(d, conf=0.25, iou=0.7, groups=2)[:, 4:].tolist()
+        [[0.8999999761581421, 0.0]]
+    """
+    d = d[d[:, 4] > conf].astype(np.float32)
+    if groups > 1:
+        d[:, 5] = np.floor(d[:, 5] / groups)
+        off = (0 if agnostic else 7680.0) * d[:, 5:6]  # Ultralytics' class offset (MAX_WH)
+        d = d[nms_indices(d[:, :4] + off, d[:, 4], iou)] if len(d) else d
+    if classes is not None:
+        d = d[np.isin(d[:, 5], np.asarray(classes))]
+    return d
+
+
 def scale_boxes(
     img1_shape: Sequence[int], boxes: np.ndarray, img0_shape: Sequence[int], ratio_pad: tuple | None = None
 ) -> np.ndarray:
